@@ -1,0 +1,13 @@
+"""rhn_np: Recurrent Highway Networks in NumPy, with hand-written BPTT and a CuPy backend.
+
+Modules
+-------
+backend    array libraries (NumPy, CuPy, array-api-strict) and host/device crossings
+rhn        the RHN layer: Eqs. 6-9 forward, backpropagation through time
+fast       the fused fast path of the layer (CuPy kernels, preallocated buffers)
+lm         language-model pieces: embedding, dropout masks, softmax, losses
+optim      gradient clipping, SGD with the authors' L2 term, Adam
+gradcheck  numerical gradient checkers used by the tests and notebooks
+"""
+
+__version__ = "0.1.0"
