@@ -275,3 +275,339 @@ def describe() -> dict:
     else:
         info["cupy_unavailable"] = _cupy_error
     return info
+
+
+# ----------------------------------------------------------------------------
+# Gate kernels of the fast path (rhn_np.fast): one call for all gate maths of a
+# micro-step forward, one for its backward. The formulas are those of
+# rhn.micro_forward / rhn.micro_backward (the reference), and are tested against them.
+# ----------------------------------------------------------------------------
+class _NumpyGateKernels:
+    """In-place NumPy ufunc calls into preallocated buffers (no temporaries)."""
+
+    def __init__(self, coupled):
+        self.coupled = coupled
+
+    @staticmethod
+    def matmul(a, b, out=None):
+        return np.matmul(a, b, out=out)
+
+    @staticmethod
+    def contiguous(x):
+        return np.ascontiguousarray(x)
+
+    @staticmethod
+    def _sigmoid(a, out):
+        np.multiply(a, 0.5, out=out)  # σ(a) = (1 + tanh(a/2)) / 2
+        np.tanh(out, out=out)
+        out += 1.0
+        out *= 0.5
+
+    def forward(self, a, bias, s_in, mask, h, t, c, s_out, s_tr):
+        """a += bias; h = tanh(a_H); t = σ(a_T); (c = σ(a_C)); s_out = h t + s_in c; s_tr = s_out ⊙ mask."""
+        n = s_in.shape[-1]
+        np.add(a, bias, out=a)
+        np.tanh(a[:, :n], out=h)
+        self._sigmoid(a[:, n : 2 * n], t)
+        if self.coupled:  # s = h t + s_in (1 - t) = s_in + t (h - s_in)
+            np.subtract(h, s_in, out=s_out)
+            s_out *= t
+            s_out += s_in
+        else:
+            self._sigmoid(a[:, 2 * n :], c)
+            np.multiply(s_in, c, out=s_tr)
+            np.multiply(h, t, out=s_out)
+            s_out += s_tr
+        np.multiply(s_out, mask, out=s_tr)
+
+    def backward(self, carry_in, g, mask, extra, s_in, h, t, c, da, carry_out):
+        """ds = carry_in + g ⊙ mask (+ extra); da = ∂L/∂[a_H | a_T | (a_C)]; carry_out = ds ⊙ c."""
+        n = s_in.shape[-1]
+        ds = carry_in  # reused in place: its old value is not needed again
+        g *= mask
+        ds += g
+        if extra is not None:
+            ds += extra
+        da_H, da_T = da[:, :n], da[:, n : 2 * n]
+        np.multiply(h, h, out=da_H)
+        np.subtract(1.0, da_H, out=da_H)
+        da_H *= t
+        da_H *= ds
+        np.subtract(1.0, t, out=carry_out)  # 1 - t
+        if self.coupled:
+            np.subtract(h, s_in, out=da_T)
+        else:
+            np.copyto(da_T, h)
+        da_T *= ds
+        da_T *= t
+        da_T *= carry_out
+        if self.coupled:
+            carry_out *= ds
+        else:
+            da_C = da[:, 2 * n :]
+            np.subtract(1.0, c, out=da_C)
+            da_C *= c
+            da_C *= s_in
+            da_C *= ds
+            np.multiply(ds, c, out=carry_out)
+
+
+_CUDA_FORWARD = {
+    True: """
+    const int b = i / n, j = i % n;
+    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
+    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
+    const T hh = tanh(aH);                              // Eq. 7
+    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));   // Eq. 8, sigma
+    const T s = hh * tt + s_in * ((T)1 - tt);           // Eq. 6 with c = 1 - t
+    h = hh; t = tt; s_out = s; s_tr = s * mask;
+    """,
+    False: """
+    const int b = i / n, j = i % n;
+    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
+    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
+    const T aC = a[b * kn + 2 * n + j] + bias[b * bias_stride + 2 * n + j];
+    const T hh = tanh(aH);
+    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));
+    const T cc = (T)0.5 * ((T)1 + tanh((T)0.5 * aC));   // Eq. 9
+    const T s = hh * tt + s_in * cc;                    // Eq. 6
+    h = hh; t = tt; c = cc; s_out = s; s_tr = s * mask;
+    """,
+}
+
+_CUDA_BACKWARD = {
+    True: """
+    const int b = i / n, j = i % n;
+    const T ds = carry_in + g * mask + extra;
+    da[b * kn + j] = ds * t * ((T)1 - h * h);
+    da[b * kn + n + j] = ds * (h - s_in) * t * ((T)1 - t);
+    carry_out = ds * ((T)1 - t);
+    """,
+    False: """
+    const int b = i / n, j = i % n;
+    const T ds = carry_in + g * mask + extra;
+    da[b * kn + j] = ds * t * ((T)1 - h * h);
+    da[b * kn + n + j] = ds * h * t * ((T)1 - t);
+    da[b * kn + 2 * n + j] = ds * s_in * c * ((T)1 - c);
+    carry_out = ds * c;
+    """,
+}
+
+
+class _CupyGateKernels:
+    """Fused CUDA ElementwiseKernels (compiled once per gate layout and dtype)."""
+
+    def __init__(self, coupled):
+        cp = _import_cupy()
+        self.cp = cp
+        self.coupled = coupled
+        c_in = "" if coupled else ", T c"
+        c_out = "" if coupled else ", T c"
+        tag = "coupled" if coupled else "uncoupled"
+        self._fwd = cp.ElementwiseKernel(
+            "raw T a, raw T bias, T s_in, T mask, int32 n, int32 kn, int32 bias_stride",
+            f"T h, T t{c_out}, T s_out, T s_tr",
+            _CUDA_FORWARD[coupled],
+            f"rhn_gates_forward_{tag}",
+        )
+        self._bwd = cp.ElementwiseKernel(
+            f"T carry_in, T g, T mask, T extra, T s_in, T h, T t{c_in}, int32 n, int32 kn",
+            "raw T da, T carry_out",
+            _CUDA_BACKWARD[coupled],
+            f"rhn_gates_backward_{tag}",
+        )
+        self._zeros = {}
+
+    def matmul(self, a, b, out=None):
+        return self.cp.matmul(a, b, out=out)
+
+    def contiguous(self, x):
+        return self.cp.ascontiguousarray(x)
+
+    def forward(self, a, bias, s_in, mask, h, t, c, s_out, s_tr):
+        n, kn = s_in.shape[-1], a.shape[-1]
+        stride = kn if bias.ndim == 2 else 0
+        if self.coupled:
+            self._fwd(a, bias, s_in, mask, n, kn, stride, h, t, s_out, s_tr)
+        else:
+            self._fwd(a, bias, s_in, mask, n, kn, stride, h, t, c, s_out, s_tr)
+
+    def backward(self, carry_in, g, mask, extra, s_in, h, t, c, da, carry_out):
+        n, kn = s_in.shape[-1], da.shape[-1]
+        if extra is None:
+            key = (s_in.shape, s_in.dtype)
+            if key not in self._zeros:
+                self._zeros[key] = self.cp.zeros(s_in.shape, s_in.dtype)
+            extra = self._zeros[key]
+        if self.coupled:
+            self._bwd(carry_in, g, mask, extra, s_in, h, t, n, kn, da, carry_out)
+        else:
+            self._bwd(carry_in, g, mask, extra, s_in, h, t, c, n, kn, da, carry_out)
+
+
+
+
+# A lower-overhead CuPy variant: the same gate maths as hand-launched RawKernels and
+# cuBLAS GEMMs called directly (cupy.matmul costs tens of microseconds of Python per
+# call; at the paper's batch sizes the step is bound by launches, not arithmetic).
+_RAW_SOURCE = r"""
+extern "C" __global__ void fwd_coupled(const T* a, const T* bias, int bias_stride, const T* s_in,
+        const T* mask, T* h, T* t, T* s_out, T* s_tr, int size, int n, int kn) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size) return;
+    const int b = i / n, j = i % n;
+    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
+    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
+    const T hh = tanh(aH);                              // Eq. 7
+    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));   // Eq. 8
+    const T s = hh * tt + s_in[i] * ((T)1 - tt);        // Eq. 6, c = 1 - t
+    h[i] = hh; t[i] = tt; s_out[i] = s; s_tr[i] = s * mask[i];
+}
+extern "C" __global__ void fwd_uncoupled(const T* a, const T* bias, int bias_stride, const T* s_in,
+        const T* mask, T* h, T* t, T* c, T* s_out, T* s_tr, int size, int n, int kn) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size) return;
+    const int b = i / n, j = i % n;
+    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
+    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
+    const T aC = a[b * kn + 2 * n + j] + bias[b * bias_stride + 2 * n + j];
+    const T hh = tanh(aH);
+    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));
+    const T cc = (T)0.5 * ((T)1 + tanh((T)0.5 * aC));   // Eq. 9
+    const T s = hh * tt + s_in[i] * cc;                 // Eq. 6
+    h[i] = hh; t[i] = tt; c[i] = cc; s_out[i] = s; s_tr[i] = s * mask[i];
+}
+extern "C" __global__ void bwd_coupled(const T* carry_in, const T* g, const T* mask, const T* extra,
+        const T* s_in, const T* h, const T* t, T* da, T* carry_out, int size, int n, int kn) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size) return;
+    const int b = i / n, j = i % n;
+    const T ds = carry_in[i] + g[i] * mask[i] + (extra ? extra[i] : (T)0);
+    const T hh = h[i], tt = t[i];
+    da[b * kn + j] = ds * tt * ((T)1 - hh * hh);
+    da[b * kn + n + j] = ds * (hh - s_in[i]) * tt * ((T)1 - tt);
+    carry_out[i] = ds * ((T)1 - tt);
+}
+extern "C" __global__ void bwd_uncoupled(const T* carry_in, const T* g, const T* mask, const T* extra,
+        const T* s_in, const T* h, const T* t, const T* c, T* da, T* carry_out, int size, int n, int kn) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size) return;
+    const int b = i / n, j = i % n;
+    const T ds = carry_in[i] + g[i] * mask[i] + (extra ? extra[i] : (T)0);
+    const T hh = h[i], tt = t[i], cc = c[i];
+    da[b * kn + j] = ds * tt * ((T)1 - hh * hh);
+    da[b * kn + n + j] = ds * hh * tt * ((T)1 - tt);
+    da[b * kn + 2 * n + j] = ds * s_in[i] * cc * ((T)1 - cc);
+    carry_out[i] = ds * cc;
+}
+"""
+
+
+class _CupyRawKernels:
+    """Gate maths as RawKernels on contiguous buffers, GEMMs straight through cuBLAS."""
+
+    BLOCK = 256
+
+    def __init__(self, coupled):
+        cp = _import_cupy()
+        from cupy.cuda import device as cuda_device
+        from cupy_backends.cuda.libs import cublas
+
+        self.cp, self.cublas, self.coupled = cp, cublas, coupled
+        self._handle = cuda_device.get_cublas_handle
+        tag = "coupled" if coupled else "uncoupled"
+        self._fn = {}
+        for ctype, dt in (("float", np.float32), ("double", np.float64)):
+            mod = cp.RawModule(code=f"typedef {ctype} T;\n" + _RAW_SOURCE, options=("--std=c++11",))
+            self._fn[np.dtype(dt)] = (mod.get_function(f"fwd_{tag}"), mod.get_function(f"bwd_{tag}"))
+        self._scalars = {np.dtype(np.float32): (np.ones((), np.float32), np.zeros((), np.float32)),
+                         np.dtype(np.float64): (np.ones((), np.float64), np.zeros((), np.float64))}
+
+    def matmul(self, a, b, out=None):
+        """out = a @ b (2-D, C- or F-contiguous operands, C-contiguous out) by one cuBLAS call."""
+        cp, cublas = self.cp, self.cublas
+        M, K = a.shape
+        N = b.shape[1]
+        if out is None:
+            out = cp.empty((M, N), dtype=a.dtype)
+        if not (out.flags.c_contiguous and a.dtype == b.dtype == out.dtype):
+            return cp.matmul(a, b, out=out)
+        # Row-major out (M, N) is column-major out.T (N, M) = b.T @ a.T.
+        if b.flags.c_contiguous:
+            opb, ldb = cublas.CUBLAS_OP_N, max(N, 1)
+        elif b.flags.f_contiguous:
+            opb, ldb = cublas.CUBLAS_OP_T, max(K, 1)
+        else:
+            return cp.matmul(a, b, out=out)
+        if a.flags.c_contiguous:
+            opa, lda = cublas.CUBLAS_OP_N, max(K, 1)
+        elif a.flags.f_contiguous:
+            opa, lda = cublas.CUBLAS_OP_T, max(M, 1)
+        else:
+            return cp.matmul(a, b, out=out)
+        if M == 0 or N == 0:
+            return out
+        if K == 0:
+            out.fill(0)
+            return out
+        one, zero = self._scalars[out.dtype]
+        handle = self._handle()
+        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        gemm = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
+        gemm(handle, opb, opa, N, M, K, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+             zero.ctypes.data, out.data.ptr, max(N, 1))
+        return out
+
+    def _launch(self, fn, size, args):
+        grid = ((size + self.BLOCK - 1) // self.BLOCK,)
+        fn(grid, (self.BLOCK,), args)
+
+    def forward(self, a, bias, s_in, mask, h, t, c, s_out, s_tr):
+        fwd, _ = self._fn[a.dtype]
+        B, n = s_in.shape
+        kn = a.shape[-1]
+        stride = np.int32(kn if bias.ndim == 2 else 0)
+        size = np.int32(B * n)
+        outs = (h, t, s_out, s_tr) if self.coupled else (h, t, c, s_out, s_tr)
+        self._launch(fwd, B * n, (a, bias, stride, s_in, mask) + outs + (size, np.int32(n), np.int32(kn)))
+
+    def backward(self, carry_in, g, mask, extra, s_in, h, t, c, da, carry_out):
+        _, bwd = self._fn[s_in.dtype]
+        B, n = s_in.shape
+        kn = da.shape[-1]
+        extra_arg = np.uintp(0) if extra is None else extra
+        ins = (carry_in, g, mask, extra_arg, s_in, h, t) + (() if self.coupled else (c,))
+        self._launch(bwd, B * n, ins + (da, carry_out, np.int32(B * n), np.int32(n), np.int32(kn)))
+
+    def contiguous(self, x):
+        return self.cp.ascontiguousarray(x)
+
+
+_KERNELS: dict = {}
+CUDA_KERNEL_VARIANTS = ("raw", "elementwise")
+_cuda_variant = "raw"
+
+
+def set_cuda_kernels(variant: str) -> str:
+    """Choose the CuPy fast path: ``"raw"`` (RawKernels + direct cuBLAS, the default) or
+    ``"elementwise"`` (ElementwiseKernels + ``cupy.matmul``). Returns the previous choice."""
+    global _cuda_variant
+    if variant not in CUDA_KERNEL_VARIANTS:
+        raise ValueError(f"CUDA kernel variant must be one of {CUDA_KERNEL_VARIANTS}, got {variant!r}")
+    previous, _cuda_variant = _cuda_variant, variant
+    return previous
+
+
+def gate_kernels(x, coupled: bool):
+    """The fast path's gate kernels for the library of array ``x`` (NumPy or CuPy)."""
+    kind = name_of(x)
+    if kind not in ("numpy", "cupy"):
+        raise ValueError(f"the fast path needs NumPy or CuPy arrays, got {kind}")
+    if kind == "numpy":
+        key, cls = ("numpy", bool(coupled)), _NumpyGateKernels
+    else:
+        key = ("cupy", _cuda_variant, bool(coupled))
+        cls = _CupyRawKernels if _cuda_variant == "raw" else _CupyGateKernels
+    if key not in _KERNELS:
+        _KERNELS[key] = cls(bool(coupled))
+    return _KERNELS[key]

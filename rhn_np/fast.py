@@ -1,0 +1,104 @@
+"""The fast path of the RHN layer: the same maths as :mod:`rhn_np.rhn`, fewer launches.
+
+:mod:`rhn_np.rhn` is the readable reference and the truth; this module computes the
+same forward and BPTT (tested against it) with the launch count a GPU wants:
+
+* per micro-step forward: **one GEMM** ``a = (s ⊙ m_s) @ R[ℓ]`` into a preallocated
+  buffer and **one fused kernel** for all gate maths (bias, tanh, σ, Eq. 6, and the
+  masked state for the next GEMM), writing h, t, s straight into the cache;
+* per micro-step backward: **one fused kernel** (``ds = ds_carry + g ⊙ m_s (+ dy_t)``,
+  ∂L/∂a of every gate, the next carry gradient) and **one GEMM** ``g = ∂L/∂a @ R[ℓ]ᵀ``;
+* the input projection of all steps is one GEMM before the loop, and the weight
+  gradients are one GEMM per micro-layer after it;
+* no allocation inside the time loop, and no host synchronisation at all.
+
+The elementwise kernels come from :func:`rhn_np.backend.gate_kernels`: CUDA
+``ElementwiseKernel`` s on CuPy (Chainer's LSTM style), in-place NumPy ufunc calls on
+NumPy (so the loop and buffer logic of this file is tested on every CPU too).
+
+The cache has the same layout as the reference one (``S``, ``H``, ``T``, ``C`` of
+shape (L, T, B, n)), so :func:`rhn_np.rhn.backward` accepts either.
+"""
+
+from __future__ import annotations
+
+from . import backend as _backend
+from .rhn import fuse_params, split_grads
+
+
+def forward(params, xs, s0, m_x, m_s, dims):
+    """Fast forward; arguments already checked by :func:`rhn_np.rhn.forward`."""
+    T, B, n_in, n, depth, coupled, dtype = dims
+    xp = _backend.namespace(xs)
+    k = _backend.gate_kernels(xs, coupled)
+    dev = _backend.device_of(xs)
+    W, R, b = fuse_params(params)
+    kn = R.shape[2]
+
+    x_in = xs if m_x is None else xs * m_x
+    # Input projection of all T steps in one product; micro-layer 1's bias folded in.
+    a_x = xp.reshape(k.matmul(xp.reshape(x_in, (T * B, n_in)), W), (T, B, kn)) + b[0, ...]  # (T, B, k·n)
+    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
+
+    S = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
+    Hs = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
+    Ts = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
+    Cs = None if coupled else xp.empty((depth, T, B, n), dtype=dtype, device=dev)
+    ys = xp.empty((T, B, n), dtype=dtype, device=dev)
+    a = xp.empty((B, kn), dtype=dtype, device=dev)  # pre-activations of one micro-step
+    s_tr = s0 * mask  # state seen by the transforms
+    S[0, 0, ...] = s0
+    for t in range(T):
+        for l in range(depth):
+            k.matmul(s_tr, R[l, ...], out=a)
+            bias = a_x[t, ...] if l == 0 else b[l, ...]
+            s_out = ys[t, ...] if l == depth - 1 else S[l + 1, t, ...]
+            k.forward(a, bias, S[l, t, ...], mask, Hs[l, t, ...], Ts[l, t, ...],
+                      None if coupled else Cs[l, t, ...], s_out, s_tr)
+        if t + 1 < T:
+            S[0, t + 1, ...] = ys[t, ...]
+    cache = {"impl": "fast", "dims": dims, "xs": xs, "m_x": m_x, "m_s": m_s, "S": S, "H": Hs, "T": Ts, "C": Cs}
+    return ys, cache
+
+
+def backward(params, cache, dys, ds_last):
+    """Fast BPTT; arguments already checked by :func:`rhn_np.rhn.backward`."""
+    T, B, n_in, n, depth, coupled, dtype = cache["dims"]
+    xp = _backend.namespace(dys)
+    k = _backend.gate_kernels(dys, coupled)
+    dev = _backend.device_of(dys)
+    W, R, _ = fuse_params(params)
+    kn = R.shape[2]
+    S, Hs, Ts, Cs, m_s, m_x = cache["S"], cache["H"], cache["T"], cache["C"], cache["m_s"], cache["m_x"]
+    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
+    dys = k.contiguous(dys)
+    dA = xp.empty((depth, T, B, kn), dtype=dtype, device=dev)
+    # ∂L/∂s of a micro-layer's input = ds_carry + (∂L/∂a @ Rᵀ) ⊙ m_s: kept as its two parts,
+    # summed inside the next kernel. Two carry buffers, so no kernel reads what it writes.
+    carry = [xp.zeros((B, n), dtype=dtype, device=dev), xp.empty((B, n), dtype=dtype, device=dev)]
+    if ds_last is not None:
+        carry[0][...] = ds_last
+    g = xp.zeros((B, n), dtype=dtype, device=dev)
+    cur = 0
+    for t in reversed(range(T)):
+        for l in reversed(range(depth)):
+            extra = dys[t, ...] if l == depth - 1 else None
+            k.backward(carry[cur], g, mask, extra, S[l, t, ...], Hs[l, t, ...], Ts[l, t, ...],
+                       None if coupled else Cs[l, t, ...], dA[l, t, ...], carry[1 - cur])
+            cur = 1 - cur
+            k.matmul(dA[l, t, ...], R[l, ...].T, out=g)
+    ds0 = carry[cur] + g * mask
+
+    dR = xp.empty((depth, n, kn), dtype=dtype, device=dev)
+    for l in range(depth):
+        s_tr = S[l, ...] if m_s is None else S[l, ...] * m_s
+        k.matmul(xp.reshape(s_tr, (T * B, n)).T, xp.reshape(dA[l, ...], (T * B, kn)), out=dR[l, ...])
+    db = xp.sum(xp.reshape(dA, (depth, T * B, kn)), axis=1)
+    dA1 = xp.reshape(dA[0, ...], (T * B, kn))
+    xs = cache["xs"]
+    x_in = xs if m_x is None else xs * m_x
+    dW = k.matmul(xp.reshape(x_in, (T * B, n_in)).T, dA1)
+    dxs = xp.reshape(k.matmul(dA1, W.T), (T, B, n_in))
+    if m_x is not None:
+        dxs = dxs * m_x
+    return split_grads(dW, dR, db, coupled), dxs, ds0
