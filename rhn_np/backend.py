@@ -282,7 +282,48 @@ def describe() -> dict:
 # micro-step forward, one for its backward. The formulas are those of
 # rhn.micro_forward / rhn.micro_backward (the reference), and are tested against them.
 # ----------------------------------------------------------------------------
-class _NumpyGateKernels:
+class _StepPlans:
+    """The micro-step bodies of the fast path, on views of the preallocated buffers.
+
+    ``forward_steps(...)`` returns ``step(t, l)``: one GEMM ``a = s_tr @ R[l]`` and one
+    gate kernel writing h, t, (c) and the new state into the cache. ``backward_steps``
+    returns ``(step(t, l), ds0())``: one gate kernel and one GEMM ``g = ∂L/∂a @ R[l]ᵀ``.
+    Subclasses provide ``matmul``, ``forward`` and ``backward`` (the gate kernels).
+    """
+
+    def forward_steps(self, a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a):
+        depth, T = S.shape[0], S.shape[1]
+
+        def step(t, l):
+            self.matmul(s_tr, R[l, ...], out=a)
+            bias = a_x[t, ...] if l == 0 else b[l, ...]
+            s_out = ys[t, ...] if l == depth - 1 else S[l + 1, t, ...]
+            self.forward(a, bias, S[l, t, ...], mask, Hs[l, t, ...], Ts[l, t, ...],
+                         None if Cs is None else Cs[l, t, ...], s_out, s_tr)
+            if l == depth - 1 and t + 1 < T:
+                S[0, t + 1, ...] = s_out  # the next step starts from this state
+
+        return step
+
+    def backward_steps(self, R, S, Hs, Ts, Cs, dys, mask, dA, carry, g):
+        depth = S.shape[0]
+        cur = [0]  # which carry buffer holds the current carry gradient
+
+        def step(t, l):
+            c = cur[0]
+            extra = dys[t, ...] if l == depth - 1 else None
+            self.backward(carry[c], g, mask, extra, S[l, t, ...], Hs[l, t, ...], Ts[l, t, ...],
+                          None if Cs is None else Cs[l, t, ...], dA[l, t, ...], carry[1 - c])
+            cur[0] = 1 - c
+            self.matmul(dA[l, t, ...], R[l, ...].T, out=g)
+
+        def ds0():
+            return carry[cur[0]] + g * mask
+
+        return step, ds0
+
+
+class _NumpyGateKernels(_StepPlans):
     """In-place NumPy ufunc calls into preallocated buffers (no temporaries)."""
 
     def __init__(self, coupled):
@@ -394,7 +435,7 @@ _CUDA_BACKWARD = {
 }
 
 
-class _CupyGateKernels:
+class _CupyGateKernels(_StepPlans):
     """Fused CUDA ElementwiseKernels (compiled once per gate layout and dtype)."""
 
     def __init__(self, coupled):
@@ -452,7 +493,7 @@ class _CupyGateKernels:
 # call; at the paper's batch sizes the step is bound by launches, not arithmetic).
 _RAW_SOURCE = r"""
 extern "C" __global__ void fwd_coupled(const T* a, const T* bias, int bias_stride, const T* s_in,
-        const T* mask, T* h, T* t, T* s_out, T* s_tr, int size, int n, int kn) {
+        const T* mask, T* h, T* t, T* s_out, T* s_out2, T* s_tr, int size, int n, int kn) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
     const int b = i / n, j = i % n;
@@ -462,9 +503,10 @@ extern "C" __global__ void fwd_coupled(const T* a, const T* bias, int bias_strid
     const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));   // Eq. 8
     const T s = hh * tt + s_in[i] * ((T)1 - tt);        // Eq. 6, c = 1 - t
     h[i] = hh; t[i] = tt; s_out[i] = s; s_tr[i] = s * mask[i];
+    if (s_out2) s_out2[i] = s;
 }
 extern "C" __global__ void fwd_uncoupled(const T* a, const T* bias, int bias_stride, const T* s_in,
-        const T* mask, T* h, T* t, T* c, T* s_out, T* s_tr, int size, int n, int kn) {
+        const T* mask, T* h, T* t, T* c, T* s_out, T* s_out2, T* s_tr, int size, int n, int kn) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
     const int b = i / n, j = i % n;
@@ -476,6 +518,7 @@ extern "C" __global__ void fwd_uncoupled(const T* a, const T* bias, int bias_str
     const T cc = (T)0.5 * ((T)1 + tanh((T)0.5 * aC));   // Eq. 9
     const T s = hh * tt + s_in[i] * cc;                 // Eq. 6
     h[i] = hh; t[i] = tt; c[i] = cc; s_out[i] = s; s_tr[i] = s * mask[i];
+    if (s_out2) s_out2[i] = s;
 }
 extern "C" __global__ void bwd_coupled(const T* carry_in, const T* g, const T* mask, const T* extra,
         const T* s_in, const T* h, const T* t, T* da, T* carry_out, int size, int n, int kn) {
@@ -503,7 +546,7 @@ extern "C" __global__ void bwd_uncoupled(const T* carry_in, const T* g, const T*
 """
 
 
-class _CupyRawKernels:
+class _CupyRawKernels(_StepPlans):
     """Gate maths as RawKernels on contiguous buffers, GEMMs straight through cuBLAS."""
 
     BLOCK = 256
@@ -558,29 +601,86 @@ class _CupyRawKernels:
              zero.ctypes.data, out.data.ptr, max(N, 1))
         return out
 
-    def _launch(self, fn, size, args):
-        grid = ((size + self.BLOCK - 1) // self.BLOCK,)
-        fn(grid, (self.BLOCK,), args)
-
-    def forward(self, a, bias, s_in, mask, h, t, c, s_out, s_tr):
-        fwd, _ = self._fn[a.dtype]
-        B, n = s_in.shape
-        kn = a.shape[-1]
-        stride = np.int32(kn if bias.ndim == 2 else 0)
-        size = np.int32(B * n)
-        outs = (h, t, s_out, s_tr) if self.coupled else (h, t, c, s_out, s_tr)
-        self._launch(fwd, B * n, (a, bias, stride, s_in, mask) + outs + (size, np.int32(n), np.int32(kn)))
-
-    def backward(self, carry_in, g, mask, extra, s_in, h, t, c, da, carry_out):
-        _, bwd = self._fn[s_in.dtype]
-        B, n = s_in.shape
-        kn = da.shape[-1]
-        extra_arg = np.uintp(0) if extra is None else extra
-        ins = (carry_in, g, mask, extra_arg, s_in, h, t) + (() if self.coupled else (c,))
-        self._launch(bwd, B * n, ins + (da, carry_out, np.int32(B * n), np.int32(n), np.int32(kn)))
-
     def contiguous(self, x):
         return self.cp.ascontiguousarray(x)
+
+    # The plans below replace the view-based ones of _StepPlans: creating a CuPy view
+    # costs microseconds of Python, so every address is computed as an integer from the
+    # buffers' base pointers, and each micro-step is exactly one cuBLAS call and one
+    # kernel launch.
+    def _gemm_setup(self, dtype):
+        cublas = self.cublas
+        handle = self._handle()
+        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        gemm = cublas.sgemm if dtype == np.float32 else cublas.dgemm
+        one, zero = (x.ctypes.data for x in self._scalars[dtype])
+        return handle, gemm, one, zero
+
+    def forward_steps(self, a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a):
+        depth, T, B, n = S.shape
+        kn, isz = a.shape[1], a.itemsize
+        fwd, _ = self._fn[a.dtype]
+        handle, gemm, one, zero = self._gemm_setup(a.dtype)
+        op_n = self.cublas.CUBLAS_OP_N
+        state = B * n * isz  # bytes of one (B, n) state
+        pS, pH, pT, pys = S.data.ptr, Hs.data.ptr, Ts.data.ptr, ys.data.ptr
+        pC = None if Cs is None else Cs.data.ptr
+        pR, pb, pax, pa, ps_tr, pm = R.data.ptr, b.data.ptr, a_x.data.ptr, a.data.ptr, s_tr.data.ptr, mask.data.ptr
+        grid, block = ((B * n + self.BLOCK - 1) // self.BLOCK,), (self.BLOCK,)
+        tail = (np.int32(B * n), np.int32(n), np.int32(kn))
+        null, kn32, zero32 = np.uintp(0), np.int32(kn), np.int32(0)
+
+        def step(t, l):
+            # a (B, kn) = s_tr (B, n) @ R[l] (n, kn); column-major: aᵀ = R[l]ᵀ s_trᵀ
+            gemm(handle, op_n, op_n, kn, B, n, one, pR + l * n * kn * isz, kn, ps_tr, n, zero, pa, kn)
+            if l == 0:
+                bias, stride = np.uintp(pax + t * B * kn * isz), kn32
+            else:
+                bias, stride = np.uintp(pb + l * kn * isz), zero32
+            off = (l * T + t) * state  # S[l, t], H[l, t], ...
+            if l == depth - 1:  # the step's output goes to ys[t] and to S[0, t + 1]
+                s_out = np.uintp(pys + t * state)
+                s_out2 = np.uintp(pS + (t + 1) * state) if t + 1 < T else null
+            else:
+                s_out, s_out2 = np.uintp(pS + off + T * state), null
+            gates = (np.uintp(pH + off), np.uintp(pT + off)) + (() if pC is None else (np.uintp(pC + off),))
+            fwd(grid, block, (np.uintp(pa), bias, stride, np.uintp(pS + off), np.uintp(pm)) + gates
+                + (s_out, s_out2, np.uintp(ps_tr)) + tail)
+
+        return step
+
+    def backward_steps(self, R, S, Hs, Ts, Cs, dys, mask, dA, carry, g):
+        depth, T, B, n = S.shape
+        kn, isz = dA.shape[-1], dA.itemsize
+        _, bwd = self._fn[dA.dtype]
+        handle, gemm, one, zero = self._gemm_setup(dA.dtype)
+        op_n, op_t = self.cublas.CUBLAS_OP_N, self.cublas.CUBLAS_OP_T
+        state = B * n * isz
+        pS, pH, pT, pdy = S.data.ptr, Hs.data.ptr, Ts.data.ptr, dys.data.ptr
+        pC = None if Cs is None else Cs.data.ptr
+        pR, pdA, pg, pm = R.data.ptr, dA.data.ptr, g.data.ptr, mask.data.ptr
+        pcarry = (np.uintp(carry[0].data.ptr), np.uintp(carry[1].data.ptr))
+        grid, block = ((B * n + self.BLOCK - 1) // self.BLOCK,), (self.BLOCK,)
+        tail = (np.int32(B * n), np.int32(n), np.int32(kn))
+        null = np.uintp(0)
+        cur = [0]  # which carry buffer holds the current carry gradient
+
+        def step(t, l):
+            c = cur[0]
+            off = (l * T + t) * state
+            pda = pdA + (l * T + t) * B * kn * isz
+            extra = np.uintp(pdy + t * state) if l == depth - 1 else null
+            gates = (np.uintp(pH + off), np.uintp(pT + off)) + (() if pC is None else (np.uintp(pC + off),))
+            bwd(grid, block, (pcarry[c], np.uintp(pg), np.uintp(pm), extra, np.uintp(pS + off)) + gates
+                + (np.uintp(pda), pcarry[1 - c]) + tail)
+            cur[0] = 1 - c
+            # g (B, n) = da (B, kn) @ R[l]ᵀ; column-major: gᵀ = R[l] daᵀ with R[l] stored as R[l]ᵀ
+            gemm(handle, op_t, op_n, n, B, kn, one, pR + l * n * kn * isz, kn, pda, kn, zero, pg, n)
+
+        def ds0():
+            return carry[cur[0]] + g * mask
+
+        return step, ds0
 
 
 _KERNELS: dict = {}

@@ -46,17 +46,12 @@ def forward(params, xs, s0, m_x, m_s, dims):
     Cs = None if coupled else xp.empty((depth, T, B, n), dtype=dtype, device=dev)
     ys = xp.empty((T, B, n), dtype=dtype, device=dev)
     a = xp.empty((B, kn), dtype=dtype, device=dev)  # pre-activations of one micro-step
-    s_tr = s0 * mask  # state seen by the transforms
+    s_tr = k.contiguous(s0 * mask)  # state seen by the transforms, (B, n)
     S[0, 0, ...] = s0
+    step = k.forward_steps(a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a)
     for t in range(T):
         for l in range(depth):
-            k.matmul(s_tr, R[l, ...], out=a)
-            bias = a_x[t, ...] if l == 0 else b[l, ...]
-            s_out = ys[t, ...] if l == depth - 1 else S[l + 1, t, ...]
-            k.forward(a, bias, S[l, t, ...], mask, Hs[l, t, ...], Ts[l, t, ...],
-                      None if coupled else Cs[l, t, ...], s_out, s_tr)
-        if t + 1 < T:
-            S[0, t + 1, ...] = ys[t, ...]
+            step(t, l)  # one GEMM + one gate kernel: S[l, t] -> H, T, (C)[l, t] and the next state
     cache = {"impl": "fast", "dims": dims, "xs": xs, "m_x": m_x, "m_s": m_s, "S": S, "H": Hs, "T": Ts, "C": Cs}
     return ys, cache
 
@@ -78,16 +73,12 @@ def backward(params, cache, dys, ds_last):
     carry = [xp.zeros((B, n), dtype=dtype, device=dev), xp.empty((B, n), dtype=dtype, device=dev)]
     if ds_last is not None:
         carry[0][...] = ds_last
-    g = xp.zeros((B, n), dtype=dtype, device=dev)
-    cur = 0
+    g = xp.zeros((B, n), dtype=dtype, device=dev)  # ∂L/∂a @ Rᵀ of the micro-layer above
+    step, ds0 = k.backward_steps(R, S, Hs, Ts, Cs, dys, mask, dA, carry, g)
     for t in reversed(range(T)):
         for l in reversed(range(depth)):
-            extra = dys[t, ...] if l == depth - 1 else None
-            k.backward(carry[cur], g, mask, extra, S[l, t, ...], Hs[l, t, ...], Ts[l, t, ...],
-                       None if coupled else Cs[l, t, ...], dA[l, t, ...], carry[1 - cur])
-            cur = 1 - cur
-            k.matmul(dA[l, t, ...], R[l, ...].T, out=g)
-    ds0 = carry[cur] + g * mask
+            step(t, l)  # one gate kernel (-> dA[l, t]) + one GEMM (-> g)
+    ds0 = ds0()
 
     dR = xp.empty((depth, n, kn), dtype=dtype, device=dev)
     for l in range(depth):

@@ -1,0 +1,252 @@
+"""Forward + BPTT time of the RHN layer against PyTorch, measured in the same run.
+
+One unit of work = ``rhn.forward`` over a window of T steps x L micro-layers plus the
+full ``rhn.backward``, float32, coupled gates, no softmax (the sizes of the project's
+performance notes). Baselines: the same layer in PyTorch eager (per-micro-layer
+parameter tensors, gates fused into one (n, 2n) matrix per micro-layer, autograd),
+and on the GPU the same PyTorch step captured whole in one CUDA graph.
+
+Usage::
+
+    python benchmarks/bench_layer.py                      # CPU: NumPy vs PyTorch eager
+    python benchmarks/bench_layer.py --device gpu         # GPU: CuPy vs PyTorch eager / graph
+    python benchmarks/bench_layer.py --sizes small --repeats 3 --json out.json
+
+Ratios (< 1: rhn_np is faster) are the result; absolute times vary between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from rhn_np import backend, rhn
+
+SIZES = {  # name: (n_in, n, depth L, batch B, steps T)
+    "small": (128, 256, 4, 32, 50),
+    "ptb_paper": (830, 830, 10, 20, 35),
+    "enwik8_paper": (205, 1500, 10, 128, 50),
+}
+
+
+def gflop(n_in, n, L, B, T):
+    """Forward: one B x n by n x 2n product per micro-step; backward two more; plus
+    the input projection (3 products of T*B x n_in by n_in x 2n)."""
+    rec = 3 * T * L * 2 * B * n * 2 * n
+    inp = 3 * 2 * T * B * n_in * 2 * n
+    return (rec + inp) / 1e9
+
+
+def median_time(fn, repeats, sync=lambda: None, warmup=2):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_inputs(size, seed=0):
+    n_in, n, L, B, T = SIZES[size]
+    rng = np.random.default_rng(seed)
+    params = rhn.init_params(n_in, n, L, seed=seed)  # float32 host arrays
+    xs = rng.standard_normal((T, B, n_in), dtype=np.float32)
+    s0 = np.zeros((B, n), np.float32)
+    dys = rng.standard_normal((T, B, n), dtype=np.float32)
+    return params, xs, s0, dys
+
+
+def rhn_step(params, xs, s0, dys, impl):
+    def step():
+        ys, cache = rhn.forward(params, xs, s0, impl=impl)
+        return rhn.backward(params, cache, dys)
+
+    return step
+
+
+# ---------------------------------------------------------------- PyTorch baseline
+def torch_layer(torch, params, device):
+    """Per-micro-layer leaf tensors, gates fused: R[l] is (n, 2n) = [R_H[l] | R_T[l]]."""
+    L = params["R_H"].shape[0]
+    t = lambda a: torch.tensor(np.ascontiguousarray(a), device=device, requires_grad=True)  # noqa: E731
+    W = t(np.concatenate([params["W_H"], params["W_T"]], axis=1))
+    R = [t(np.concatenate([params["R_H"][l], params["R_T"][l]], axis=1)) for l in range(L)]
+    b = [t(np.concatenate([params["b_H"][l], params["b_T"][l]])) for l in range(L)]
+    return W, R, b
+
+
+def torch_loss(torch, W, R, b, X, S0, D):
+    T, B, n_in = X.shape
+    n = S0.shape[1]
+    ax = (X.reshape(T * B, n_in) @ W).reshape(T, B, -1) + b[0]
+    s, ys = S0, []
+    for t in range(T):
+        for l in range(len(R)):
+            a = s @ R[l] + (ax[t] if l == 0 else b[l])
+            h = torch.tanh(a[:, :n])
+            g = torch.sigmoid(a[:, n:])
+            s = h * g + s * (1 - g)
+        ys.append(s)
+    return (torch.stack(ys) * D).sum()
+
+
+def torch_eager_step(torch, params, xs, s0, dys, device):
+    W, R, b = torch_layer(torch, params, device)
+    X, S0, D = (torch.tensor(a, device=device) for a in (xs, s0, dys))
+    leaves = [W, *R, *b]
+
+    def step():
+        for p in leaves:
+            p.grad = None
+        torch_loss(torch, W, R, b, X, S0, D).backward()
+
+    return step, leaves
+
+
+def torch_graph_step(torch, params, xs, s0, dys):
+    """The whole forward + backward captured in one CUDA graph (PyTorch's whole-network recipe)."""
+    step, leaves = torch_eager_step(torch, params, xs, s0, dys, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in leaves:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    W, R, b = leaves[0], leaves[1 : 1 + len(params["R_H"])], leaves[1 + len(params["R_H"]) :]
+    X, S0, D = (torch.tensor(a, device="cuda") for a in (xs, s0, dys))
+    with torch.cuda.graph(graph):
+        torch_loss(torch, W, R, b, X, S0, D).backward()
+    return graph.replay
+
+
+# ---------------------------------------------------------------- measurements
+def cpu_rows(sizes, repeats, torch):
+    rows = []
+    for size in sizes:
+        params, xs, s0, dys = make_inputs(size)
+        row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
+        for impl in ("reference", "fast"):
+            row[f"numpy_{impl}_ms"] = 1e3 * median_time(rhn_step(params, xs, s0, dys, impl), repeats)
+        tracemalloc.start()
+        rhn_step(params, xs, s0, dys, "reference")()
+        row["numpy_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        ys, cache = rhn.forward(params, xs, s0)
+        row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
+        n_in, n, L, B, T = SIZES[size]
+        row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20  # s_in, h, t per micro-layer and step
+        if torch is not None:
+            step, _ = torch_eager_step(torch, params, xs, s0, dys, "cpu")
+            row["torch_eager_ms"] = 1e3 * median_time(step, repeats)
+            for impl in ("reference", "fast"):
+                row[f"ratio_{impl}_vs_torch"] = row[f"numpy_{impl}_ms"] / row["torch_eager_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def gpu_rows(sizes, repeats, torch):
+    cp = backend._import_cupy()
+    if cp is None:
+        sys.exit(f"no usable GPU: {backend.cupy_unavailable_reason()}")
+    sync = cp.cuda.Device().synchronize
+    pool = cp.get_default_memory_pool()
+    rows = []
+    for size in sizes:
+        params, xs, s0, dys = make_inputs(size)
+        gp = {k: backend.to_device(v, "cupy") for k, v in params.items()}
+        gx, gs0, gdy = (backend.to_device(a, "cupy") for a in (xs, s0, dys))
+        row = {"size": size, "device": "gpu", "gflop": gflop(*SIZES[size])}
+        for label, impl, variant in (("cupy_fast_raw", "fast", "raw"), ("cupy_fast_elementwise", "fast", "elementwise"),
+                                     ("cupy_reference", "reference", "raw")):
+            backend.set_cuda_kernels(variant)
+            step = rhn_step(gp, gx, gs0, gdy, impl)
+            row[f"{label}_ms"] = 1e3 * median_time(step, repeats, sync)
+            # Pool high-water mark of one step (inputs and parameters included): the pool
+            # keeps every block it allocated, and reuses freed ones, so after emptying it
+            # and running one step its size is the step's peak.
+            pool.free_all_blocks()
+            out = step()
+            sync()
+            del out
+            row[f"{label}_pool_mb"] = pool.total_bytes() / 2**20
+        backend.set_cuda_kernels("raw")
+        ys, cache = rhn.forward(gp, gx, gs0)
+        row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
+        n_in, n, L, B, T = SIZES[size]
+        row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20
+        del ys, cache
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.cuda.reset_peak_memory_stats()
+            step, _ = torch_eager_step(torch, params, xs, s0, dys, "cuda")
+            row["torch_eager_ms"] = 1e3 * median_time(step, repeats, torch.cuda.synchronize)
+            row["torch_eager_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            try:
+                replay = torch_graph_step(torch, params, xs, s0, dys)
+                row["torch_graph_ms"] = 1e3 * median_time(replay, repeats, torch.cuda.synchronize)
+            except Exception as exc:  # report, never hide
+                row["torch_graph_error"] = f"{type(exc).__name__}: {exc}"
+            best = row["cupy_fast_raw_ms"]
+            row["ratio_vs_torch_eager"] = best / row["torch_eager_ms"]
+            if "torch_graph_ms" in row:
+                row["ratio_vs_torch_graph"] = best / row["torch_graph_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows):
+    lines = []
+    for r in rows:
+        cols = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()]
+        lines.append("  ".join(cols))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--sizes", default="small,ptb_paper", help=f"comma-separated, from {', '.join(SIZES)}")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", help="write the rows here as JSON")
+    args = ap.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    for s in sizes:
+        if s not in SIZES:
+            ap.error(f"unknown size {s!r}; choose from {', '.join(SIZES)}")
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    except ImportError:
+        torch = None
+        print("PyTorch is not installed: no baseline (pip install 'rhn-np[bench]')", file=sys.stderr)
+    meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
+    rows = (cpu_rows if args.device == "cpu" else gpu_rows)(sizes, args.repeats, torch)
+    if args.device == "gpu":
+        meta.update({k: v for k, v in backend.describe().items() if k != "backends"})
+    print("\n" + json.dumps(meta))
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Checkpoints: one ``.npz`` file, written atomically, read without pickle.
+
+A checkpoint holds named arrays (parameters, optimiser state, ...) as host NumPy
+arrays, so a model trained on a GPU loads on a CPU-only machine and back, and a JSON
+metadata record stored inside the same file (as the UTF-8 bytes of the array
+``__meta__``) with the format name and version and a SHA-256 checksum of every
+array's name, dtype, shape and bytes.
+
+* :func:`save` writes to a temporary file in the target folder, flushes it to disk,
+  then renames it over the target: a crash leaves either the old or the new file.
+* :func:`load` uses ``numpy.load(allow_pickle=False)`` and verifies format and
+  checksum; a corrupted, truncated or foreign file gives a :class:`CheckpointError`
+  that says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend as _backend
+
+FORMAT = "rhn_np-checkpoint"
+VERSION = 1
+_META = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """The file is not a readable rhn_np checkpoint (corrupted, truncated or foreign)."""
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save(path, arrays: dict, metadata: dict | None = None) -> str:
+    """Write ``arrays`` (any backend; copied to the host) and JSON-able ``metadata``.
+
+    Returns the path written. Array names must be strings not starting with ``__``.
+    """
+    path = os.fspath(path)
+    host = {}
+    for name, a in arrays.items():
+        if not isinstance(name, str) or name.startswith("__"):
+            raise ValueError(f"array names must be strings not starting with '__', got {name!r}")
+        h = np.asarray(_backend.to_host(a))
+        if h.dtype == object:
+            raise TypeError(f"array {name!r} has dtype object; checkpoints hold numeric arrays only")
+        host[name] = h
+    meta = dict(metadata or {})
+    meta.update(format=FORMAT, version=VERSION, checksum=_checksum(host))
+    try:
+        meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    except TypeError as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **host, **{_META: np.frombuffer(meta_bytes, dtype=np.uint8)})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path, backend="numpy"):
+    """Read a checkpoint written by :func:`save`.
+
+    Returns ``(arrays, metadata)`` with the arrays moved to ``backend``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if _META not in names:
+                raise CheckpointError(f"{path} is an .npz file but not an rhn_np checkpoint (no metadata record)")
+            meta = json.loads(bytes(npz[_META]).decode())
+            host = {name: npz[name] for name in names if name != _META}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable rhn_np checkpoint (corrupted or truncated?): {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rhn_np checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {meta.get('version')}, this rhn_np reads {VERSION}")
+    if meta.get("checksum") != _checksum(host):
+        raise CheckpointError(f"{path} is corrupted: its arrays do not match the checksum in its metadata")
+    be = _backend.get(backend)
+    return {name: be.to_device(a) for name, a in host.items()}, meta

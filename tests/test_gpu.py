@@ -1,0 +1,137 @@
+"""CuPy on a GPU: parity with NumPy, fused kernels against the reference, checkpoints.
+
+Every test here is skipped, and reported as skipped, on machines without CuPy and a
+CUDA GPU. They are real tests: run them on a GPU before claiming GPU support
+(``python -m pytest tests/test_gpu.py -v`` there).
+"""
+
+import numpy as np
+import pytest
+
+from rhn_np import backend, checkpoint, rhn
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not backend.cupy_available(), reason=f"no CuPy GPU: {backend.cupy_unavailable_reason()}"),
+]
+
+TOL = {"float64": 1e-10, "float32": 1e-4}
+CONFIGS = [  # T, B, n_in, n, depth, coupled, masks, ds_last
+    (5, 3, 4, 6, 3, True, False, False),
+    (4, 2, 3, 5, 2, False, True, True),
+    (7, 4, 8, 16, 4, True, True, True),
+    (1, 1, 1, 1, 1, True, False, True),
+    (3, 20, 33, 70, 5, False, False, False),
+]
+
+
+def rel(a, b):
+    a, b = backend.to_host(a), backend.to_host(b)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _case(cfg, dtype, seed=0):
+    T, B, n_in, n, depth, coupled, use_masks, use_last = cfg
+    rng = np.random.default_rng(seed)
+    p = rhn.init_params(n_in, n, depth, coupled=coupled, init_scale=0.5, transform_bias=-1.0, seed=seed, dtype=dtype)
+    xs = rng.standard_normal((T, B, n_in)).astype(dtype)
+    s0 = rng.uniform(-1, 1, (B, n)).astype(dtype)
+    masks = {"x": rng.uniform(0, 2, (B, n_in)).astype(dtype), "s": rng.uniform(0, 2, (B, n)).astype(dtype)} if use_masks else None
+    dys = rng.standard_normal((T, B, n)).astype(dtype)
+    last = rng.standard_normal((B, n)).astype(dtype) if use_last else None
+    return p, xs, s0, masks, dys, last
+
+
+def _to_gpu(tree):
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: backend.to_device(v, "cupy") for k, v in tree.items()}
+    return backend.to_device(tree, "cupy")
+
+
+def _run(p, xs, s0, masks, dys, last, impl):
+    ys, cache = rhn.forward(p, xs, s0, masks, impl=impl)
+    grads, dxs, ds0 = rhn.backward(p, cache, dys, last)
+    return {"ys": ys, "dxs": dxs, "ds0": ds0, **{f"d{k}": v for k, v in grads.items()}}
+
+
+@pytest.fixture(params=["raw", "elementwise"])
+def cuda_variant(request):
+    previous = backend.set_cuda_kernels(request.param)
+    yield request.param
+    backend.set_cuda_kernels(previous)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_cupy_matches_numpy(cfg, impl, dtype, cuda_variant):
+    case = _case(cfg, dtype)
+    want = _run(*case, impl="reference")
+    got = _run(*(_to_gpu(a) for a in case), impl=impl)
+    for k in want:
+        assert backend.name_of(got[k]) == "cupy", k
+        assert got[k].dtype == want[k].dtype, k
+        assert rel(got[k], want[k]) < TOL[dtype], (k, rel(got[k], want[k]))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_fused_matches_reference_on_gpu(cfg, cuda_variant):
+    case = [_to_gpu(a) for a in _case(cfg, "float64", seed=3)]
+    ref = _run(*case, impl="reference")
+    fast = _run(*case, impl="fast")
+    for k in ref:
+        assert rel(fast[k], ref[k]) < 1e-12, k
+    ys, cache_f = rhn.forward(case[0], case[1], case[2], case[3], impl="fast")
+    ys, cache_r = rhn.forward(case[0], case[1], case[2], case[3], impl="reference")
+    for key in ("S", "H", "T"):
+        assert rel(cache_f[key], cache_r[key]) < 1e-12
+    assert rhn.cache_nbytes(cache_f) == rhn.cache_nbytes(cache_r)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (20, 830, 1660), (3, 7, 5), (700, 64, 128)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_raw_cublas_gemm_layouts(shape, dtype):
+    import cupy as cp
+
+    M, K, N = shape
+    prev = backend.set_cuda_kernels("raw")
+    try:
+        k = backend.gate_kernels(cp.empty(1), True)
+        rng = np.random.default_rng(0)
+        A = cp.asarray(rng.standard_normal((M, K)).astype(dtype))
+        B = cp.asarray(rng.standard_normal((K, N)).astype(dtype))
+        want = backend.to_host(A) @ backend.to_host(B)
+        for a in (A, cp.asfortranarray(A)):
+            for b in (B, cp.asfortranarray(B)):
+                out = cp.full((M, N), cp.nan, dtype=dtype)  # poisoned: every element must be written
+                k.matmul(a, b, out=out)
+                assert rel(out, want) < TOL[dtype]
+    finally:
+        backend.set_cuda_kernels(prev)
+
+
+def test_mixing_cupy_and_numpy_is_a_clear_error():
+    p, xs, s0, *_ = _case(CONFIGS[0], "float32")
+    with pytest.raises(TypeError, match="different backends"):
+        rhn.forward(_to_gpu(p), xs, backend.to_device(s0, "cupy"))
+
+
+def test_same_seed_same_weights_on_gpu():
+    a = rhn.init_params(5, 7, 3, seed=11, backend="numpy")
+    b = rhn.init_params(5, 7, 3, seed=11, backend="cupy")
+    for k in a:
+        np.testing.assert_array_equal(backend.to_host(b[k]), a[k])
+
+
+def test_checkpoint_round_trip_gpu_cpu_gpu(tmp_path):
+    gp = rhn.init_params(6, 8, 2, seed=5, backend="cupy")
+    path = checkpoint.save(tmp_path / "gpu.npz", gp, {"trained_on": "gpu"})
+    cpu, meta = checkpoint.load(path, backend="numpy")
+    assert all(isinstance(v, np.ndarray) for v in cpu.values())
+    path2 = checkpoint.save(tmp_path / "cpu.npz", cpu, meta)
+    back, _ = checkpoint.load(path2, backend="cupy")
+    for k in gp:
+        assert backend.name_of(back[k]) == "cupy"
+        np.testing.assert_array_equal(backend.to_host(back[k]), backend.to_host(gp[k]))
