@@ -225,7 +225,7 @@ def micro_backward(ds, s_in, h, t, c=None):
         (the part through ``a`` is ``(da @ Rᵀ) ⊙ m_s``, added by the caller)
     """
     xp = _backend.namespace(ds, s_in, h, t, c)
-    da_H = ds * t * (1.0 - h * h)
+    da_H = ds * t * (1.0 - h * h)  # BPTT of Eqs. 6-7
     if c is None:
         da_T = ds * (h - s_in) * t * (1.0 - t)
         ds_carry = ds * (1.0 - t)
@@ -249,7 +249,7 @@ def _step_forward(a_x, s, R, b, m_s, coupled):
     layers = []
     for l in range(R.shape[0]):
         s_tr = s if m_s is None else s * m_s  # state seen by the transforms (masked)
-        a = s_tr @ R[l] + (a_x if l == 0 else b[l])  # (B, k·n): one product for H, T, (C)
+        a = s_tr @ R[l, ...] + (a_x if l == 0 else b[l, ...])  # (B, k·n) pre-activations of Eqs. 7-9: one product
         s_new, h, t, c = micro_forward(a, s, coupled)
         layers.append((s, h, t, c))
         s = s_new
@@ -266,7 +266,7 @@ def _step_backward(ds, layers, R, m_s):
     for l in reversed(range(len(layers))):
         s_in, h, t, c = layers[l]
         da, ds_carry = micro_backward(ds, s_in, h, t, c)
-        ds_tr = da @ R[l].T  # (B, n) through the transforms
+        ds_tr = da @ R[l, ...].T  # (B, n) through the transforms
         ds = ds_carry + (ds_tr if m_s is None else ds_tr * m_s)
         das[l] = da
     return ds, das
@@ -414,7 +414,7 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
 
     x_in = xs if m_x is None else xs * m_x  # masks["x"] is shared by all T steps
     # Input projection of all T steps in one product; micro-layer 1's bias folded in.
-    a_x = xp.reshape(xp.reshape(x_in, (T * B, n_in)) @ W, (T, B, kn)) + b[0]
+    a_x = xp.reshape(xp.reshape(x_in, (T * B, n_in)) @ W, (T, B, kn)) + b[0, ...]  # x-part of Eqs. 7-9
 
     S = xp.empty((depth, T, B, n), dtype=dtype, device=dev)  # input state of each micro-layer
     Hs = xp.empty((depth, T, B, n), dtype=dtype, device=dev)

@@ -135,3 +135,56 @@ def test_checkpoint_round_trip_gpu_cpu_gpu(tmp_path):
     for k in gp:
         assert backend.name_of(back[k]) == "cupy"
         np.testing.assert_array_equal(backend.to_host(back[k]), backend.to_host(gp[k]))
+
+
+def _train_curve(backend_name, dtype, steps=50, seed=0):
+    """50 SGD steps of a small tied word model with all four dropout masks, the
+    authors' L2 term and clipping; state carried across windows of a token stream."""
+    from rhn_np import lm, optim
+
+    be = backend.get(backend_name)
+    V, n, depth, B, T = 40, 24, 3, 4, 8
+    params = lm.init_lm_params(V, n, n, depth, tied=True, init_scale=0.1, seed=seed, dtype=dtype, backend=be)
+    # A learnable stream: each row counts up modulo 7 from its own offset, with 10% noise.
+    noise = np.random.default_rng(seed)
+    stream = (np.arange(steps * T + 1)[None, :] + np.arange(B)[:, None]) % 7
+    stream = np.where(noise.random(stream.shape) < 0.1, noise.integers(0, V, stream.shape), stream)
+    rng = np.random.default_rng(seed + 1)  # masks drawn on the host: identical on both backends
+    opt = optim.SGD(lr=0.2)
+    s = be.zeros((B, n), dtype=dtype)
+    losses = []
+    for i in range(steps):
+        ids = be.to_device(stream[:, i * T : (i + 1) * T].T.copy())
+        targets = be.to_device(stream[:, i * T + 1 : (i + 1) * T + 1].T.copy())
+        masks = lm.draw_masks(rng, ids, vocab=V, n_emb=n, n=n, keep_x=0.9, keep_i=0.8, keep_h=0.9, keep_o=0.8,
+                              dtype=dtype, backend=be)
+        loss, grads, s, _ = lm.lm_loss_and_grads(params, ids, targets, s, masks)
+        grads = optim.add_l2_gradient(grads, params, 1e-4)
+        grads, _ = optim.clip_global_norm(grads, 5.0)
+        opt.step(params, grads)
+        losses.append(float(backend.to_host(loss)))
+    return np.array(losses), {k: backend.to_host(v) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-3)])
+def test_fifty_training_steps_same_loss_curve(dtype, tol):
+    cpu_losses, cpu_params = _train_curve("numpy", dtype)
+    gpu_losses, gpu_params = _train_curve("cupy", dtype)
+    assert cpu_losses[-1] < cpu_losses[0]  # it does learn
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=tol)
+    for k in cpu_params:
+        assert rel(gpu_params[k], cpu_params[k]) < tol, k
+
+
+def test_theory_on_gpu_arrays():
+    from rhn_np import theory
+
+    p, xs, s0, masks, *_ = _case(CONFIGS[1], "float64", seed=2)
+    J_cpu = theory.step_jacobian(p, xs[0], s0, masks)
+    J_gpu = theory.step_jacobian(_to_gpu(p), _to_gpu(xs[0]), _to_gpu(s0), _to_gpu(masks))
+    assert backend.name_of(J_gpu) == "cupy"
+    assert rel(J_gpu, J_cpu) < 1e-10
+    centres, radii = theory.gersgorin_discs(J_gpu)
+    c_cpu, r_cpu = theory.gersgorin_discs(J_cpu)
+    assert rel(centres, c_cpu) < 1e-10 and rel(radii, r_cpu) < 1e-10
+    assert theory.eigenvalues_in_union(J_gpu)
