@@ -201,14 +201,15 @@ def to_device(x, backend: str | Backend = "numpy", dtype=None):
     """Copy host data to ``backend`` (the only host -> device crossing of the package).
 
     ``x`` may be a NumPy array, a nested list or a scalar; ``dtype`` ('float32',
-    'float64', or an integer dtype name) casts on the host first.
+    'float64', or an integer dtype name) casts on the host first. The result is always
+    a new array, on NumPy too, so in-place updates never reach the caller's data.
     """
     be = get(backend)
     host = np.asarray(x) if not hasattr(x, "__array_namespace__") or name_of(x) == "numpy" else to_host(x)
     if dtype is not None:
         host = host.astype(dtype, copy=False)
     if be.name == "numpy":
-        return host
+        return np.array(host, copy=True)
     if be.name == "cupy":
         return _cupy.asarray(host)
     return be.xp.asarray(host, device=be.device)
@@ -224,7 +225,7 @@ def to_host(x) -> np.ndarray:
     if kind == "array_api_strict":
         import array_api_strict as strict
 
-        return np.asarray(strict.asarray(x, device=strict.Device("CPU_DEVICE"), copy=True)._array)
+        return np.asarray(x.to_device(strict.Device("CPU_DEVICE")))
     return np.asarray(x)
 
 
@@ -247,9 +248,7 @@ def scatter_add_rows(target, indices, values):
         np.add.at(target, indices, values)
         return target
     if kind == "cupy":
-        import cupyx
-
-        cupyx.scatter_add(target, indices, values)
+        _cupy.add.at(target, indices, values)
         return target
     xp = namespace(target, values)
     vocab = target.shape[0]

@@ -312,8 +312,19 @@ def _check_array(xp, name, a, shape, dtype):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    if xp is not None and _backend.name_of(a) != xp_name(xp):
+        raise TypeError(
+            f"{name} is a {_backend.name_of(a)} array but the parameters are {xp_name(xp)} arrays: arrays from "
+            f"different backends were mixed; move it with rhn_np.backend.to_device({name}, '{xp_name(xp)}')"
+        )
     if a.dtype != dtype:
         raise TypeError(f"{name} is {a.dtype} but the parameters are {dtype}: cast it (float32 in, float32 out)")
+
+
+def xp_name(xp) -> str:
+    """'numpy', 'cupy' or 'array_api_strict' for a namespace."""
+    mod = xp.__name__
+    return "array_api_strict" if "strict" in mod else ("cupy" if "cupy" in mod else "numpy")
 
 
 def _check_finite(xp, name, a):
