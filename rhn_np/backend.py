@@ -205,7 +205,7 @@ def to_device(x, backend: str | Backend = "numpy", dtype=None):
     a new array, on NumPy too, so in-place updates never reach the caller's data.
     """
     be = get(backend)
-    host = np.asarray(x) if not hasattr(x, "__array_namespace__") or name_of(x) == "numpy" else to_host(x)
+    host = to_host(x) if name_of(x) in ("cupy", "array_api_strict") else np.asarray(x)
     if dtype is not None:
         host = host.astype(dtype, copy=False)
     if be.name == "numpy":

@@ -187,4 +187,4 @@ def test_theory_on_gpu_arrays():
     centres, radii = theory.gersgorin_discs(J_gpu)
     c_cpu, r_cpu = theory.gersgorin_discs(J_cpu)
     assert rel(centres, c_cpu) < 1e-10 and rel(radii, r_cpu) < 1e-10
-    assert theory.eigenvalues_in_union(J_gpu)
+    assert np.all(theory.eigenvalues_in_union(J_gpu))

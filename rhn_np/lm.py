@@ -1,0 +1,718 @@
+r"""Language-model pieces around the RHN layer: embedding, dropout masks, output losses.
+
+Word-level model (PTB, enwik8, text8; paper §5.2 and the authors' ``rhn.py``), for a
+window of token ids ``ids (T, B)`` and next-token targets ``targets (T, B)``::
+
+    x_t      = E[ids_t] ⊙ m_x[t]                  embedding, word-type dropout  (T, B, n_emb)
+    y_t      = RHN(x_t ⊙ m_i, s_{t-1})            rhn.forward; m_h on the state  (T, B, n)
+    logits_t = (y_t ⊙ m_o) @ W_out + b_out        untied                        (T, B, V)
+             = (y_t ⊙ m_o) @ Eᵀ    + b_out        tied (weight tying, n_emb = n)
+    loss     = (1/B) Σ_t Σ_b -log softmax(logits_t[b])[targets_t[b]]
+
+Music model (JSB Chorales, paper §5.1): the 88-key piano roll ``xs (T, B, 88)`` goes
+straight into the RHN (no input projection, no embedding) and each key is a Bernoulli
+variable::
+
+    y_t      = RHN(x_t ⊙ m_i, s_{t-1})
+    logits_t = (y_t ⊙ m_o) @ W_out + b_out                                      (T, B, 88)
+    loss     = (1/B) Σ_t Σ_b mask_t[b] Σ_k -log Bernoulli(targets_t[b, k]; σ(logits_t[b, k]))
+
+**Loss scale.** Both losses are *summed over the time steps of the window and
+averaged over the batch*, the scale of the authors' ``tf.reduce_sum(loss) /
+batch_size`` that their learning rate 0.2 assumes. A loss averaged over time as well
+would be T = 35 times smaller and would need a 35 times larger learning rate. For
+reporting, the per-token mean NLL is ``loss / T`` (``stats["mean_nll"]``); perplexity
+is ``exp(mean_nll)``, bits per character ``mean_nll / ln 2``.
+
+**Variational dropout** (Gal & Ghahramani; the authors' ``get_noise``): four inverted
+masks, values ``Bernoulli(keep) / keep``, drawn on the host once per window and
+shared by every time step and every micro-layer (:func:`draw_masks`)::
+
+    "x" (T, B, 1)   word-type mask on the embeddings: every occurrence of a token in
+                    one row of the window shares one value (the whole word is dropped)
+    "i" (B, n_emb)  the RHN input features         -> rhn masks["x"]
+    "h" (B, n)      the state entering the transforms of every micro-layer -> rhn masks["s"]
+    "o" (B, n)      the RHN output before the softmax
+
+The authors' configurations give *drop* probabilities (PTB: x .25, i .75, h .25,
+o .75): ``keep = 1 - drop``.
+
+Parameters are one dict: the RHN layer's keys (:func:`rhn_np.rhn.param_shapes`) plus::
+
+    E      (V, n_emb)   embedding (word model only)
+    W_out  (n, V)       softmax / output weights (absent when tied: Eᵀ is used)
+    b_out  (V,)         output bias (kept when tied, as in the authors' code)
+
+Gradients come back as a dict with the same keys. Every function is written against
+the Array API standard (NumPy, CuPy, array-api-strict) and creates its arrays on the
+device of its inputs; random numbers are drawn on the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend as _backend
+from . import rhn
+
+__all__ = [
+    "init_lm_params",
+    "init_dense_params",
+    "draw_masks",
+    "draw_dense_masks",
+    "embedding_forward",
+    "embedding_backward",
+    "log_softmax",
+    "softmax_nll",
+    "softmax_cross_entropy",
+    "sigmoid_bernoulli_nll",
+    "output_forward",
+    "output_backward",
+    "lm_forward",
+    "lm_backward",
+    "lm_loss_and_grads",
+    "lm_logits",
+    "lm_nll",
+    "dense_forward",
+    "dense_backward",
+    "dense_loss_and_grads",
+    "dense_logits",
+]
+
+HEAD_KEYS = ("E", "W_out", "b_out")  # the keys that are not the RHN layer's
+
+
+# ----------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _uniform(rng, be, shape, init_scale, dtype):
+    return be.to_device(rng.uniform(-init_scale, init_scale, size=shape), dtype=dtype)
+
+
+def init_lm_params(
+    vocab,
+    n_emb,
+    n,
+    depth,
+    *,
+    tied=False,
+    coupled=True,
+    transform_bias=-2.0,
+    init_scale=0.04,
+    seed=0,
+    dtype="float32",
+    backend="numpy",
+):
+    """Initial parameters of the word-level model: RHN layer, embedding, softmax.
+
+    Everything is U(-init_scale, init_scale) except ``b_T = transform_bias`` (see
+    :func:`rhn_np.rhn.init_params`).
+
+    Draw order, from one host generator ``numpy.random.default_rng(seed)``:
+
+    1. the RHN layer exactly as ``rhn.init_params(n_emb, n, depth, seed=seed, ...)``
+       (so the layer's weights equal that call's);
+    2. ``E (V, n_emb)``;
+    3. ``b_out (V,)``;
+    4. ``W_out (n, V)``, untied only.
+
+    Hence a tied model's parameters are exactly the untied model's without ``W_out``.
+
+    Parameters
+    ----------
+    vocab, n_emb, n, depth : int
+        Vocabulary size V, embedding width, RHN units, recurrence depth L.
+    tied : bool
+        Weight tying: ``logits = y @ Eᵀ + b_out``; needs ``n_emb == n``.
+    coupled, transform_bias, init_scale, seed, dtype, backend :
+        as in :func:`rhn_np.rhn.init_params`.
+
+    Returns
+    -------
+    dict: the RHN keys, ``E`` (V, n_emb), ``b_out`` (V,) and, untied, ``W_out`` (n, V).
+    """
+    vocab = _check_int("vocab", vocab)
+    n_emb = _check_int("n_emb", n_emb)
+    n = _check_int("n", n)
+    if tied and n_emb != n:
+        raise ValueError(
+            f"weight tying uses E (vocab, n_emb) as the softmax weights Eᵀ (n, vocab), so it needs "
+            f"n_emb == n; got n_emb={n_emb}, n={n}"
+        )
+    be = _backend.get(backend)
+    rng = _backend.host_rng(seed)
+    params = rhn.init_params(
+        n_emb, n, depth, coupled=coupled, transform_bias=transform_bias, init_scale=init_scale,
+        seed=rng, dtype=dtype, backend=be,
+    )
+    params["E"] = _uniform(rng, be, (vocab, n_emb), init_scale, dtype)
+    params["b_out"] = _uniform(rng, be, (vocab,), init_scale, dtype)
+    if not tied:
+        params["W_out"] = _uniform(rng, be, (n, vocab), init_scale, dtype)
+    return params
+
+
+def init_dense_params(
+    n_in,
+    n,
+    depth,
+    *,
+    n_out=None,
+    coupled=True,
+    transform_bias=-2.0,
+    init_scale=0.04,
+    seed=0,
+    dtype="float32",
+    backend="numpy",
+):
+    """Initial parameters of the dense-input model (JSB piano rolls, ``n_in = n_out = 88``).
+
+    The inputs go straight into the RHN (its ``W_H, W_T`` are the input weights).
+    Draw order from ``numpy.random.default_rng(seed)``: the RHN layer as
+    ``rhn.init_params(n_in, n, depth, seed=seed, ...)``, then ``b_out (n_out,)``,
+    then ``W_out (n, n_out)``; all U(-init_scale, init_scale) except ``b_T``.
+
+    Returns
+    -------
+    dict: the RHN keys, ``W_out`` (n, n_out) and ``b_out`` (n_out,); ``n_out``
+    defaults to ``n_in`` (next-step prediction of the same roll).
+    """
+    n_out = n_in if n_out is None else n_out
+    n_out = _check_int("n_out", n_out)
+    n = _check_int("n", n)
+    be = _backend.get(backend)
+    rng = _backend.host_rng(seed)
+    params = rhn.init_params(
+        n_in, n, depth, coupled=coupled, transform_bias=transform_bias, init_scale=init_scale,
+        seed=rng, dtype=dtype, backend=be,
+    )
+    params["b_out"] = _uniform(rng, be, (n_out,), init_scale, dtype)
+    params["W_out"] = _uniform(rng, be, (n, n_out), init_scale, dtype)
+    return params
+
+
+def _split_params(params):
+    """The RHN layer's part of ``params`` (every key but E, W_out, b_out)."""
+    if not isinstance(params, dict) or "b_out" not in params:
+        raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
+    return {k: v for k, v in params.items() if k not in HEAD_KEYS}
+
+
+# ----------------------------------------------------------------------------
+# Variational dropout masks (drawn on the host, once per window)
+# ----------------------------------------------------------------------------
+def _check_keep(name, keep):
+    if not (isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0):
+        raise ValueError(f"{name} must be a probability in (0, 1] (keep = 1 - drop), got {keep!r}")
+    return float(keep)
+
+
+def _bernoulli(rng, shape, keep):
+    """Inverted dropout values on the host: 1/keep with probability keep, else 0."""
+    return (rng.random(shape) < keep).astype(np.float64) / keep
+
+
+def _word_type_mask(rng, ids_host, keep):
+    """(T, B, 1) mask where every occurrence of a token within one row shares a value.
+
+    One uniform per position is drawn, ``(T, B)``; each position then takes the value
+    of the first occurrence of its token in its row (the authors' ``get_noise``).
+    """
+    T, B = ids_host.shape
+    fresh = _bernoulli(rng, (T, B), keep)  # (T, B)
+    mask = np.empty((T, B))
+    for b in range(B):
+        _, first, inverse = np.unique(ids_host[:, b], return_index=True, return_inverse=True)
+        mask[:, b] = fresh[first[inverse.reshape(-1)], b]
+    return mask[:, :, None]  # (T, B, 1)
+
+
+def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0, keep_o=1.0,
+               dtype="float32", backend="numpy"):
+    """The four variational-dropout masks of the word model for one window.
+
+    Drawn on the host with ``rng`` (a seed or a ``numpy.random.Generator``, advanced in
+    place) in the order x, i, h, o; a mask whose keep is 1 is ``None`` and draws
+    nothing. Values are ``Bernoulli(keep) / keep`` (inverted dropout: the expectation
+    of every masked quantity is unchanged).
+
+    Parameters
+    ----------
+    rng : int or numpy.random.Generator
+    ids : (T, B) integer token ids of the window (any backend; copied to the host
+        when they live on a device, for the word-type sharing: pass the host copy
+        the batcher already has to save that transfer)
+    vocab, n_emb, n : int
+    keep_x, keep_i, keep_h, keep_o : float in (0, 1]
+        Keep probabilities (``1 - drop`` of the authors' configs).
+    dtype, backend : of the returned masks (the parameters' ones)
+
+    Returns
+    -------
+    dict with
+        ``"x"`` (T, B, 1): word-type mask on the embeddings; all occurrences of a
+        token within one row of the window share one value, rows are independent;
+        ``"i"`` (B, n_emb): RHN input mask (-> ``rhn`` ``masks["x"]``);
+        ``"h"`` (B, n): state mask of every micro-layer (-> ``rhn`` ``masks["s"]``);
+        ``"o"`` (B, n): output mask before the softmax.
+    """
+    keep_x, keep_i, keep_h, keep_o = (_check_keep(k, v) for k, v in
+                                      (("keep_x", keep_x), ("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
+    vocab = _check_int("vocab", vocab)
+    ids_host = np.asarray(_backend.to_host(ids))
+    if ids_host.ndim != 2 or not np.issubdtype(ids_host.dtype, np.integer):
+        raise ValueError(f"ids must be an integer array of shape (T, B), got {ids_host.dtype} {ids_host.shape}")
+    if ids_host.size and (ids_host.min() < 0 or ids_host.max() >= vocab):
+        raise ValueError(f"ids must lie in [0, vocab={vocab}), got [{ids_host.min()}, {ids_host.max()}]")
+    rng = _backend.host_rng(rng)
+    be = _backend.get(backend)
+    B = ids_host.shape[1]
+    masks = {"x": None if keep_x == 1.0 else _word_type_mask(rng, ids_host, keep_x)}
+    masks.update(_dense_masks(rng, B, n_emb, n, keep_i, keep_h, keep_o))
+    return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
+
+
+def _dense_masks(rng, B, n_in, n, keep_i, keep_h, keep_o):
+    n_in = _check_int("n_in", n_in)
+    n = _check_int("n", n)
+    return {
+        "i": None if keep_i == 1.0 else _bernoulli(rng, (B, n_in), keep_i),  # (B, n_in)
+        "h": None if keep_h == 1.0 else _bernoulli(rng, (B, n), keep_h),  # (B, n)
+        "o": None if keep_o == 1.0 else _bernoulli(rng, (B, n), keep_o),  # (B, n)
+    }
+
+
+def draw_dense_masks(rng, batch, *, n_in, n, keep_i=1.0, keep_h=1.0, keep_o=1.0, dtype="float32", backend="numpy"):
+    """Masks of the dense-input model (piano rolls): like :func:`draw_masks` without "x".
+
+    Draw order i, h, o; returns ``{"i": (B, n_in), "h": (B, n), "o": (B, n)}`` with
+    ``None`` where keep is 1.
+    """
+    keep_i, keep_h, keep_o = (_check_keep(k, v) for k, v in (("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
+    batch = _check_int("batch", batch)
+    rng = _backend.host_rng(rng)
+    be = _backend.get(backend)
+    masks = _dense_masks(rng, batch, n_in, n, keep_i, keep_h, keep_o)
+    return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
+
+
+def _unpack_masks(masks, allowed):
+    """Our mask dict -> (word mask, the RHN's mask dict or None, output mask)."""
+    if masks is None:
+        return None, None, None
+    if not isinstance(masks, dict) or not set(masks) <= set(allowed):
+        raise ValueError(f"masks must be a dict with keys among {allowed}, got {masks!r:.80}")
+    rhn_masks = {"x": masks.get("i"), "s": masks.get("h")}  # i -> RHN input, h -> RHN state
+    rhn_masks = {k: v for k, v in rhn_masks.items() if v is not None} or None
+    return masks.get("x"), rhn_masks, masks.get("o")
+
+
+# ----------------------------------------------------------------------------
+# Embedding
+# ----------------------------------------------------------------------------
+def _check_ids(xp, name, ids, vocab):
+    if not hasattr(ids, "shape") or len(ids.shape) != 2:
+        raise ValueError(f"{name} must have shape (T, B), got {getattr(ids, 'shape', type(ids).__name__)}")
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise TypeError(f"{name} must be an integer array, got {ids.dtype}")
+    # Range check only where the data is on the host (on a GPU it would force a sync).
+    if _backend.name_of(ids) == "numpy" and ids.size:
+        lo, hi = int(np.min(ids)), int(np.max(ids))
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"{name} must lie in [0, vocab={vocab}), got values in [{lo}, {hi}]")
+
+
+def _word_mask_3d(xp, word_mask):
+    if word_mask is not None and len(word_mask.shape) == 2:
+        return word_mask[:, :, None]  # (T, B) -> (T, B, 1)
+    return word_mask
+
+
+def embedding_forward(E, ids, word_mask=None):
+    """Look up the embedding: ``x[t, b] = E[ids[t, b]] ⊙ m_x[t, b]``.
+
+    Parameters
+    ----------
+    E : (V, n_emb) embedding matrix
+    ids : (T, B) integer token ids
+    word_mask : optional (T, B, 1) or (T, B) word-type dropout mask (:func:`draw_masks`)
+
+    Returns
+    -------
+    X : (T, B, n_emb)
+    """
+    xp = _backend.namespace(E, ids, word_mask)
+    _check_ids(xp, "ids", ids, E.shape[0])
+    T, B = ids.shape
+    X = xp.reshape(xp.take(E, xp.reshape(ids, (T * B,)), axis=0), (T, B, E.shape[1]))  # (T, B, n_emb)
+    word_mask = _word_mask_3d(xp, word_mask)
+    return X if word_mask is None else X * word_mask
+
+
+def embedding_backward(dX, ids, vocab_shape, word_mask=None):
+    """Gradient of :func:`embedding_forward` with respect to ``E``.
+
+    ``dE[v] = Σ_{(t, b): ids[t, b] = v} dX[t, b] ⊙ m_x[t, b]``: repeated ids
+    accumulate (:func:`rhn_np.backend.scatter_add_rows`).
+
+    Parameters
+    ----------
+    dX : (T, B, n_emb) gradient with respect to the looked-up (masked) embeddings
+    ids : (T, B) integer token ids
+    vocab_shape : (V, n_emb), the shape of ``E``
+    word_mask : the mask given to the forward, or None
+
+    Returns
+    -------
+    dE : (V, n_emb)
+    """
+    xp = _backend.namespace(dX, ids, word_mask)
+    T, B, d = dX.shape
+    V, n_emb = tuple(vocab_shape)
+    if d != n_emb or tuple(ids.shape) != (T, B):
+        raise ValueError(f"dX {tuple(dX.shape)} and ids {tuple(ids.shape)} do not match vocab_shape {tuple(vocab_shape)}")
+    word_mask = _word_mask_3d(xp, word_mask)
+    dXm = dX if word_mask is None else dX * word_mask  # (T, B, n_emb)
+    dE = xp.zeros((V, n_emb), dtype=dX.dtype, device=_backend.device_of(dX))
+    return _backend.scatter_add_rows(dE, xp.reshape(ids, (T * B,)), xp.reshape(dXm, (T * B, n_emb)))
+
+
+# ----------------------------------------------------------------------------
+# Output losses
+# ----------------------------------------------------------------------------
+def log_softmax(logits):
+    """``log softmax(z)_v = z_v - m - log Σ_u exp(z_u - m)`` with ``m = max_u z_u``
+    (stable for any finite logits). logits (..., V) -> (..., V)."""
+    xp = _backend.namespace(logits)
+    z = logits - xp.max(logits, axis=-1, keepdims=True)
+    return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
+
+
+def _pick(xp, a, targets):
+    """``a[t, b, targets[t, b]]`` for a (T, B, V): (T, B), one flat ``take``."""
+    T, B, V = a.shape
+    dev = _backend.device_of(a)
+    flat = xp.arange(T * B, dtype=targets.dtype, device=dev) * V + xp.reshape(targets, (T * B,))
+    return xp.reshape(xp.take(xp.reshape(a, (T * B * V,)), flat), (T, B))
+
+
+def _check_targets(xp, logits, targets):
+    if len(logits.shape) != 3:
+        raise ValueError(f"logits must have shape (T, B, V), got {tuple(logits.shape)}")
+    if tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"targets must have shape (T, B) = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}")
+    _check_ids(xp, "targets", targets, logits.shape[2])
+
+
+def softmax_nll(logits, targets):
+    """Per-token negative log-likelihood ``-log softmax(logits[t, b])[targets[t, b]]``.
+
+    logits (T, B, V), targets (T, B) integer -> (T, B). For evaluation: perplexity
+    is ``exp(mean)`` over all tokens.
+    """
+    xp = _backend.namespace(logits, targets)
+    _check_targets(xp, logits, targets)
+    return -_pick(xp, log_softmax(logits), targets)  # (T, B)
+
+
+def softmax_cross_entropy(logits, targets, weights=None):
+    """Softmax cross-entropy of a window, summed over time, averaged over the batch.
+
+    ::
+
+        nll[t, b] = log Σ_v exp(logits[t, b, v]) - logits[t, b, targets[t, b]]
+        loss      = (1/B) Σ_t Σ_b w[t, b] · nll[t, b]
+        dlogits   = (w[t, b] / B) · (softmax(logits[t, b]) - onehot(targets[t, b]))
+
+    This is the authors' scale (``reduce_sum(loss) / batch_size``), for which their
+    lr 0.2 is tuned; the per-token mean NLL for reporting is ``loss · B / Σ w``
+    (``loss / T`` without weights), see :func:`lm_loss_and_grads`' ``stats``.
+
+    Parameters
+    ----------
+    logits : (T, B, V) float
+    targets : (T, B) integer class ids
+    weights : optional (T, B) per-token weights (e.g. 0 for padding), default ones
+
+    Returns
+    -------
+    loss : 0-d array (on the device of ``logits``; ``float(loss)`` to read it)
+    dlogits : (T, B, V) gradient of ``loss`` with respect to ``logits``
+    """
+    xp = _backend.namespace(logits, targets, weights)
+    _check_targets(xp, logits, targets)
+    T, B, V = logits.shape
+    if weights is not None and tuple(weights.shape) != (T, B):
+        raise ValueError(f"weights must have shape (T, B) = {(T, B)}, got {tuple(weights.shape)}")
+    dev = _backend.device_of(logits)
+    logp = log_softmax(logits)  # (T, B, V)
+    nll = -_pick(xp, logp, targets)  # (T, B)
+    w = 1.0 / B if weights is None else xp.astype(weights, logits.dtype) / B  # (T, B) or scalar
+    loss = xp.sum(nll * w)
+    onehot = targets[:, :, None] == xp.arange(V, dtype=targets.dtype, device=dev)  # (T, B, V) bool
+    dlogits = xp.exp(logp) - xp.astype(onehot, logits.dtype)  # softmax - onehot
+    dlogits = dlogits * (w if weights is None else w[:, :, None])
+    return loss, dlogits
+
+
+def sigmoid_bernoulli_nll(logits, targets, step_mask=None):
+    """Bernoulli NLL of independent binary outputs (piano-roll keys), stable.
+
+    With ``z`` the logits and ``y`` in {0, 1}::
+
+        nll[t, b, k] = -y log σ(z) - (1 - y) log(1 - σ(z))
+                     = max(z, 0) - y·z + log(1 + exp(-|z|))      (softplus form, any z)
+        loss         = (1/B) Σ_t Σ_b mask[t, b] Σ_k nll[t, b, k]
+        dlogits      = (mask[t, b] / B) · (σ(z) - y)
+
+    Summed over keys and time, averaged over the batch (B counts every sequence of
+    the batch, padded or not), the same scale as :func:`softmax_cross_entropy`. The
+    usual JSB figure, NLL per time step, is ``loss · B / Σ mask``.
+
+    Parameters
+    ----------
+    logits : (T, B, K) float
+    targets : (T, B, K) in {0, 1} (float, integer or bool)
+    step_mask : optional (T, B), 1 for real steps and 0 for padding
+
+    Returns
+    -------
+    loss : 0-d array
+    dlogits : (T, B, K)
+    """
+    xp = _backend.namespace(logits, targets, step_mask)
+    if len(logits.shape) != 3 or tuple(targets.shape) != tuple(logits.shape):
+        raise ValueError(f"logits and targets must both have shape (T, B, K), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    T, B, _ = logits.shape
+    if step_mask is not None and tuple(step_mask.shape) != (T, B):
+        raise ValueError(f"step_mask must have shape (T, B) = {(T, B)}, got {tuple(step_mask.shape)}")
+    z, y = logits, xp.astype(targets, logits.dtype)
+    relu = 0.5 * (z + xp.abs(z))  # max(z, 0), exactly
+    nll = relu - y * z + xp.log1p(xp.exp(-xp.abs(z)))  # (T, B, K)
+    w = 1.0 / B if step_mask is None else (xp.astype(step_mask, logits.dtype) / B)[:, :, None]
+    loss = xp.sum(nll * w)
+    dlogits = (rhn.sigmoid(z, xp) - y) * w  # (T, B, K)
+    return loss, dlogits
+
+
+# ----------------------------------------------------------------------------
+# Output layer (shared by the word and the dense model)
+# ----------------------------------------------------------------------------
+def output_forward(ys, W_out, b_out, m_o=None):
+    """``logits = (y ⊙ m_o) @ W_out + b_out``, all T·B rows in one product.
+
+    ys (T, B, n), W_out (n, V) (tied: ``Eᵀ``), b_out (V,), m_o (B, n) or None.
+    Returns logits (T, B, V) and the masked outputs ``y_o`` (T, B, n) for the backward.
+    """
+    xp = _backend.namespace(ys, W_out, b_out, m_o)
+    T, B, n = ys.shape
+    y_o = ys if m_o is None else ys * m_o  # (T, B, n); m_o is shared by all T steps
+    logits = xp.reshape(xp.reshape(y_o, (T * B, n)) @ W_out + b_out, (T, B, W_out.shape[1]))  # (T, B, V)
+    return logits, y_o
+
+
+def output_backward(dlogits, y_o, W_out, m_o=None):
+    """Backward of :func:`output_forward`.
+
+    Returns ``dys`` (T, B, n), ``dW_out`` (n, V) = Σ y_oᵀ dlogits, ``db_out`` (V,).
+    """
+    xp = _backend.namespace(dlogits, y_o, W_out, m_o)
+    T, B, V = dlogits.shape
+    n = y_o.shape[2]
+    dl = xp.reshape(dlogits, (T * B, V))  # (T·B, V)
+    dW_out = xp.reshape(y_o, (T * B, n)).T @ dl  # (n, V)
+    db_out = xp.sum(dl, axis=0)  # (V,)
+    dys = xp.reshape(dl @ W_out.T, (T, B, n))  # (T, B, n)
+    return (dys if m_o is None else dys * m_o), dW_out, db_out
+
+
+# ----------------------------------------------------------------------------
+# The word-level model
+# ----------------------------------------------------------------------------
+def _softmax_weights(params):
+    """W_out (n, V), or Eᵀ when the model is tied (no ``W_out`` key)."""
+    return params["E"].T if "W_out" not in params else params["W_out"]
+
+
+def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
+    """Forward of the word model over one window (see the module docstring).
+
+    Parameters
+    ----------
+    params : dict from :func:`init_lm_params` (tied when it has no ``W_out``)
+    ids : (T, B) integer input tokens
+    s0 : (B, n) state carried from the previous window (zeros at the start)
+    masks : optional dict from :func:`draw_masks` (keys "x", "i", "h", "o")
+    impl : passed to :func:`rhn_np.rhn.forward`
+
+    Returns
+    -------
+    logits : (T, B, V)
+    s_last : (B, n) the unmasked last state, to carry into the next window
+    cache : for :func:`lm_backward`
+    """
+    if "E" not in params:
+        raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
+    rhn_params = _split_params(params)
+    if "W_out" not in params and params["E"].shape[1] != params["R_H"].shape[1]:
+        raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(params['E'].shape)} and n={params['R_H'].shape[1]}")
+    m_x, rhn_masks, m_o = _unpack_masks(masks, ("x", "i", "h", "o"))
+    X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
+    ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
+    logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
+    cache = {"rhn": rhn_cache, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o}
+    return logits, ys[-1, ...], cache
+
+
+def lm_backward(params, cache, dlogits, ds_last=None):
+    """Backward of :func:`lm_forward`.
+
+    Parameters
+    ----------
+    dlogits : (T, B, V) gradient of the loss with respect to the logits
+    ds_last : optional (B, n) gradient arriving at ``s_last`` from a later window
+
+    Returns
+    -------
+    grads : dict with the keys of ``params``; tied, ``grads["E"]`` sums the
+        embedding and the softmax uses of ``E``
+    ds0 : (B, n) gradient with respect to ``s0``
+    """
+    rhn_params = _split_params(params)
+    E = params["E"]
+    dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], _softmax_weights(params), cache["m_o"])
+    grads, dX, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)  # BPTT through the layer
+    dE = embedding_backward(dX, cache["ids"], E.shape, cache["m_x"])  # (V, n_emb)
+    if "W_out" in params:
+        grads["W_out"] = dW_out
+    else:
+        dE = dE + dW_out.T  # tied: E is also the softmax weights Eᵀ
+    grads["E"] = dE
+    grads["b_out"] = db_out
+    return grads, ds0
+
+
+def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_last=None, impl="auto"):
+    """Loss and every gradient of the word model for one training window.
+
+    ``loss = (1/B) Σ_t Σ_b w[t, b] · (-log p(targets[t, b] | ids[≤t, b]))`` (summed over
+    time, averaged over the batch; :func:`softmax_cross_entropy`), through
+    :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`. The L2 term and gradient
+    clipping are in :mod:`rhn_np.optim`.
+
+    Parameters
+    ----------
+    params : dict from :func:`init_lm_params`
+    ids, targets : (T, B) integer input tokens and next tokens
+    s0 : (B, n) initial state
+    masks : optional dict from :func:`draw_masks`
+    weights : optional (T, B) per-token weights
+    ds_last : optional (B, n) gradient arriving at the final state from a later window
+
+    Returns
+    -------
+    loss : 0-d array
+    grads : dict with the keys and shapes of ``params``
+    s_last : (B, n) last state (carry it into the next window)
+    stats : dict of 0-d arrays / numbers: ``"mean_nll"`` per-token mean NLL
+        (``exp`` of it is the perplexity), ``"nll_sum"`` Σ w·nll, ``"n_tokens"`` Σ w,
+        ``"ds0"`` (B, n) gradient with respect to ``s0``
+    """
+    logits, s_last, cache = lm_forward(params, ids, s0, masks, impl=impl)
+    loss, dlogits = softmax_cross_entropy(logits, targets, weights)
+    grads, ds0 = lm_backward(params, cache, dlogits, ds_last)
+    T, B = ids.shape
+    xp = _backend.namespace(loss)
+    n_tokens = T * B if weights is None else xp.sum(xp.astype(weights, loss.dtype))
+    stats = {"nll_sum": loss * B, "n_tokens": n_tokens, "mean_nll": loss * B / n_tokens, "ds0": ds0}
+    return loss, grads, s_last, stats
+
+
+def lm_logits(params, ids, s0, *, impl="auto"):
+    """Evaluation forward (dropout off, no gradients): ``(logits (T, B, V), s_last (B, n))``."""
+    logits, s_last, _ = lm_forward(params, ids, s0, None, impl=impl)
+    return logits, s_last
+
+
+def lm_nll(params, ids, targets, s0, *, impl="auto"):
+    """Evaluation: per-token NLL (T, B) and the last state (B, n).
+
+    Perplexity of a split = ``exp(Σ nll / number of tokens)`` over all its windows,
+    carrying ``s_last`` from window to window.
+    """
+    logits, s_last = lm_logits(params, ids, s0, impl=impl)
+    return softmax_nll(logits, targets), s_last
+
+
+# ----------------------------------------------------------------------------
+# The dense-input model (piano rolls)
+# ----------------------------------------------------------------------------
+def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
+    """Forward of the dense-input model: ``logits = (RHN(xs) ⊙ m_o) @ W_out + b_out``.
+
+    Parameters
+    ----------
+    params : dict from :func:`init_dense_params`
+    xs : (T, B, n_in) inputs (piano-roll frames), fed straight into the RHN
+    s0 : (B, n)
+    masks : optional dict from :func:`draw_dense_masks` (keys "i", "h", "o")
+
+    Returns
+    -------
+    logits (T, B, n_out), s_last (B, n), cache
+    """
+    if "W_out" not in params:
+        raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
+    rhn_params = _split_params(params)
+    _, rhn_masks, m_o = _unpack_masks(masks, ("i", "h", "o"))
+    ys, rhn_cache = rhn.forward(rhn_params, xs, s0, rhn_masks, impl=impl)  # (T, B, n)
+    logits, y_o = output_forward(ys, params["W_out"], params["b_out"], m_o)  # (T, B, n_out)
+    return logits, ys[-1, ...], {"rhn": rhn_cache, "m_o": m_o, "y_o": y_o}
+
+
+def dense_backward(params, cache, dlogits, ds_last=None):
+    """Backward of :func:`dense_forward`: ``(grads, dxs (T, B, n_in), ds0 (B, n))``."""
+    rhn_params = _split_params(params)
+    dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], params["W_out"], cache["m_o"])
+    grads, dxs, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)
+    grads["W_out"] = dW_out
+    grads["b_out"] = db_out
+    return grads, dxs, ds0
+
+
+def dense_loss_and_grads(params, xs, targets, s0, masks=None, *, step_mask=None, ds_last=None, impl="auto"):
+    """Loss and gradients of the dense-input model (next-frame Bernoulli NLL).
+
+    ``loss`` is :func:`sigmoid_bernoulli_nll` of the logits: summed over keys and
+    time, averaged over the batch, padded steps excluded by ``step_mask``.
+
+    Returns
+    -------
+    loss : 0-d array
+    grads : dict with the keys of ``params``
+    s_last : (B, n)
+    stats : ``"nll_per_step"`` (mean over unmasked steps of the NLL summed over
+        keys, the JSB figure), ``"n_steps"``, ``"dxs"`` (T, B, n_in), ``"ds0"`` (B, n)
+    """
+    logits, s_last, cache = dense_forward(params, xs, s0, masks, impl=impl)
+    loss, dlogits = sigmoid_bernoulli_nll(logits, targets, step_mask)
+    grads, dxs, ds0 = dense_backward(params, cache, dlogits, ds_last)
+    T, B = xs.shape[0], xs.shape[1]
+    xp = _backend.namespace(loss)
+    n_steps = T * B if step_mask is None else xp.sum(xp.astype(step_mask, loss.dtype))
+    stats = {"nll_per_step": loss * B / n_steps, "n_steps": n_steps, "dxs": dxs, "ds0": ds0}
+    return loss, grads, s_last, stats
+
+
+def dense_logits(params, xs, s0, *, impl="auto"):
+    """Evaluation forward (dropout off): ``(logits (T, B, n_out), s_last (B, n))``."""
+    logits, s_last, _ = dense_forward(params, xs, s0, None, impl=impl)
+    return logits, s_last

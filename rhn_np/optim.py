@@ -1,0 +1,304 @@
+r"""Optimisation: gradient clipping, the authors' L2 term, SGD, Adam, the lr schedule.
+
+The authors' training step (TensorFlow ``rhn.py``), for a window's loss ``L``
+(:func:`rhn_np.lm.lm_loss_and_grads`, summed over time, averaged over the batch)::
+
+    cost  = L + wd · ½ Σ_w ‖w‖²                 all variables (tf.nn.l2_loss), wd = 1e-7
+    g     = ∇ cost = ∇L + wd · w
+    g, N  = clip_by_global_norm(g, 10)          N = sqrt(Σ_w ‖g_w‖²)
+    w    -= lr · g                              SGD, no momentum, lr 0.2
+
+In this module::
+
+    grads = add_l2_gradient(grads, params, wd)   # before clipping, as the authors
+    grads, norm = clip_global_norm(grads, 10.0)
+    SGD(lr=0.2).step(params, grads)              # params updated in place
+
+The ``weight_decay`` argument of :class:`SGD` / :class:`Adam` instead adds ``wd · w``
+to the gradient inside ``step``, i.e. *after* any clipping the caller did (PyTorch's
+convention; for Adam this is L2-regularised Adam, not AdamW). Leave it at 0 for the
+authors' recipe.
+
+**Updates are in place.** ``step(params, grads)`` changes the arrays of ``params``
+with the Array API in-place operators (``p -= lr * g``), which NumPy, CuPy and
+array-api-strict all support; it returns the same dict for convenience. Arrays that
+were handed out earlier (e.g. to a cache) see the new values, and so does a host
+array that ``backend.to_device(x, "numpy")`` passed through without a copy: copy
+parameters you want to keep before stepping.
+
+Every function takes its namespace from its arguments and works on NumPy, CuPy and
+array-api-strict arrays; norms and penalties are returned as 0-d arrays on the
+device (``float(x)`` reads them; it syncs on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend as _backend
+
+__all__ = [
+    "global_norm",
+    "clip_global_norm",
+    "l2_penalty",
+    "add_l2_gradient",
+    "SGD",
+    "Adam",
+    "lr_at_epoch",
+]
+
+
+def _check_number(name, value, *, minimum=0.0, strict=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return value
+
+
+def _check_same_keys(grads, params, what="grads"):
+    if set(grads) != set(params):
+        raise KeyError(f"{what} and params must have the same keys; differ in {sorted(set(grads) ^ set(params))}")
+
+
+# ----------------------------------------------------------------------------
+# Gradient clipping and the L2 term
+# ----------------------------------------------------------------------------
+def global_norm(grads):
+    """``N = sqrt(Σ_w Σ_i g_w[i]²)`` over every array of the dict: a 0-d array."""
+    if not grads:
+        raise ValueError("grads is empty")
+    xp = _backend.namespace(*grads.values())
+    total = None
+    for g in grads.values():
+        sq = xp.sum(g * g)
+        total = sq if total is None else total + sq
+    return xp.sqrt(total)
+
+
+def clip_global_norm(grads, max_norm):
+    """Rescale all gradients together when their global norm exceeds ``max_norm``.
+
+    As ``tf.clip_by_global_norm``::
+
+        g_w ← g_w · max_norm / max(N, max_norm)         N = global_norm(grads)
+
+    so the direction is kept and the new global norm is ``min(N, max_norm)``. When
+    ``N ≤ max_norm`` the factor is exactly 1 and the gradients are unchanged. A
+    non-finite N makes every gradient NaN (as in TensorFlow): the step is visibly bad.
+
+    Parameters
+    ----------
+    grads : dict name -> array
+    max_norm : float > 0 (the authors: 10)
+
+    Returns
+    -------
+    clipped : a new dict (the input arrays are not modified)
+    norm : 0-d array, the global norm *before* clipping (for logging)
+    """
+    max_norm = _check_number("max_norm", max_norm, strict=True)
+    norm = global_norm(grads)
+    xp = _backend.namespace(norm)
+    cap = xp.asarray(max_norm, dtype=norm.dtype, device=_backend.device_of(norm))
+    scale = cap / xp.maximum(norm, cap)  # 0-d, stays on the device: no sync
+    return {k: g * scale for k, g in grads.items()}, norm
+
+
+def l2_penalty(params, weight_decay):
+    """The authors' weight-decay term ``wd · ½ Σ_w Σ_i w[i]²`` over *all* variables
+    (embedding, softmax, RHN weights and biases alike; ``tf.nn.l2_loss``). 0-d array."""
+    weight_decay = _check_number("weight_decay", weight_decay)
+    xp = _backend.namespace(*params.values())
+    total = None
+    for w in params.values():
+        sq = xp.sum(w * w)
+        total = sq if total is None else total + sq
+    return 0.5 * weight_decay * total
+
+
+def add_l2_gradient(grads, params, weight_decay):
+    """Gradient of :func:`l2_penalty` added to ``grads``: ``g_w + wd · w`` (a new dict)."""
+    weight_decay = _check_number("weight_decay", weight_decay)
+    _check_same_keys(grads, params)
+    if weight_decay == 0.0:
+        return dict(grads)
+    return {k: g + weight_decay * params[k] for k, g in grads.items()}
+
+
+# ----------------------------------------------------------------------------
+# Optimisers
+# ----------------------------------------------------------------------------
+def _host_copy(x):
+    return np.array(_backend.to_host(x), copy=True)
+
+
+def _like(host, p):
+    """Host array -> an array on the backend, device and dtype of parameter ``p``."""
+    xp = _backend.namespace(p)
+    be = _backend.Backend(_backend.name_of(p), xp, _backend.device_of(p))
+    out = be.to_device(host)
+    return out if out.dtype == p.dtype else xp.astype(out, p.dtype)
+
+
+class _Optimizer:
+    """Shared parts: the learning rate (settable, for schedules) and the step count."""
+
+    name = "Optimizer"
+    _hyper: tuple[str, ...] = ()
+
+    def __init__(self, lr, weight_decay=0.0):
+        self.lr = lr
+        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.t = 0  # number of steps taken
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; assign to it between steps (e.g. ``opt.lr = lr_at_epoch(...)``)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _check_number("lr", value)
+
+    def _grad(self, params, grads, k):
+        g = grads[k]
+        return g if self.weight_decay == 0.0 else g + self.weight_decay * params[k]
+
+    def _base_state(self):
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "t": self.t,
+                **{h: getattr(self, h) for h in self._hyper}}
+
+    def _load_base(self, state):
+        if state.get("name") != self.name:
+            raise ValueError(f"state_dict is for {state.get('name')!r}, not {self.name!r}")
+        self.lr = state["lr"]
+        self.weight_decay = _check_number("weight_decay", state["weight_decay"])
+        self.t = int(state["t"])
+        for h in self._hyper:
+            setattr(self, h, float(state[h]))
+
+
+class SGD(_Optimizer):
+    """Plain stochastic gradient descent (the authors' optimiser): ``w ← w - lr · g``.
+
+    ``g = grads[w] + weight_decay · w`` (weight_decay 0 by default; see the module
+    docstring for where the authors' L2 term goes). ``step`` updates ``params`` in place.
+    """
+
+    name = "SGD"
+
+    def step(self, params, grads):
+        """One update of every parameter, in place. Returns ``params``."""
+        _check_same_keys(grads, params)
+        for k in params:
+            params[k] -= self.lr * self._grad(params, grads, k)
+        self.t += 1
+        return params
+
+    def state_dict(self) -> dict:
+        """Plain numbers only: ``{"name", "lr", "weight_decay", "t"}``."""
+        return self._base_state()
+
+    def load_state_dict(self, state) -> None:
+        self._load_base(state)
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma & Ba), in PyTorch's form, updating ``params`` in place::
+
+        m ← β1 m + (1 - β1) g
+        v ← β2 v + (1 - β2) g²
+        w ← w - (lr / (1 - β1^t)) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)
+
+    with ``t`` the step count (from 1) and ``g = grads[w] + weight_decay · w``.
+    The moments live on the device of the parameters, created at the first step.
+    """
+
+    name = "Adam"
+    _hyper = ("beta1", "beta2", "eps")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        for h, v in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= _check_number(h, v) < 1.0:
+                raise ValueError(f"{h} must lie in [0, 1), got {v!r}")
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.eps = _check_number("eps", eps)
+        self.m: dict = {}  # first moments, like params
+        self.v: dict = {}  # second moments
+        self._pending = None  # host moments from load_state_dict, moved at the next step
+
+    def _moments(self, params):
+        if self._pending is not None:
+            m, v = self._pending
+            _check_same_keys(m, params, "the loaded moments")
+            self.m = {k: _like(m[k], params[k]) for k in params}
+            self.v = {k: _like(v[k], params[k]) for k in params}
+            self._pending = None
+        elif not self.m:
+            xp = _backend.namespace(*params.values())
+            self.m = {k: xp.zeros_like(p) for k, p in params.items()}
+            self.v = {k: xp.zeros_like(p) for k, p in params.items()}
+        return self.m, self.v
+
+    def step(self, params, grads):
+        """One Adam update of every parameter, in place. Returns ``params``."""
+        _check_same_keys(grads, params)
+        m, v = self._moments(params)
+        xp = _backend.namespace(*params.values())
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        step_size = self.lr / (1.0 - b1**self.t)
+        sqrt_bc2 = math.sqrt(1.0 - b2**self.t)
+        for k in params:
+            g = self._grad(params, grads, k)
+            m[k] *= b1
+            m[k] += (1.0 - b1) * g
+            v[k] *= b2
+            v[k] += (1.0 - b2) * (g * g)
+            params[k] -= step_size * (m[k] / (xp.sqrt(v[k]) / sqrt_bc2 + self.eps))
+        return params
+
+    def state_dict(self) -> dict:
+        """Hyperparameters and ``t`` as numbers; moments ``"m"``, ``"v"`` as dicts of
+        host NumPy copies (empty before the first step)."""
+        if self._pending is not None:
+            m, v = ({k: a.copy() for k, a in d.items()} for d in self._pending)
+        else:
+            m = {k: _host_copy(a) for k, a in self.m.items()}
+            v = {k: _host_copy(a) for k, a in self.v.items()}
+        return {**self._base_state(), "m": m, "v": v}
+
+    def load_state_dict(self, state) -> None:
+        """Restore from :meth:`state_dict`; the moments move to the parameters' device
+        at the next :meth:`step`."""
+        self._load_base(state)
+        m, v = state["m"], state["v"]
+        if set(m) != set(v):
+            raise ValueError("state_dict moments 'm' and 'v' have different keys")
+        self.m, self.v = {}, {}
+        self._pending = ({k: np.array(a, copy=True) for k, a in m.items()},
+                         {k: np.array(a, copy=True) for k, a in v.items()}) if m else None
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate schedule
+# ----------------------------------------------------------------------------
+def lr_at_epoch(epoch, lr, max_epoch, lr_decay):
+    """The authors' schedule: ``lr / lr_decay ** max(epoch - max_epoch + 1, 0)``.
+
+    ``epoch`` counts from 0 as in their training loop, so epochs ``0 .. max_epoch-1``
+    (the first ``max_epoch`` epochs) use ``lr`` and every later epoch divides it by
+    ``lr_decay`` once more. PTB: ``lr=0.2, max_epoch=20, lr_decay=1.02``; enwik8 /
+    text8: ``max_epoch=5, lr_decay=1.03``.
+    """
+    epoch = int(epoch)
+    if epoch < 0:
+        raise ValueError(f"epoch counts from 0, got {epoch}")
+    lr = _check_number("lr", lr)
+    lr_decay = _check_number("lr_decay", lr_decay, strict=True)
+    return lr / lr_decay ** max(epoch - int(max_epoch) + 1, 0)
