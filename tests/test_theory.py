@@ -1,0 +1,518 @@
+"""The theory module (rhn_np.theory): exact temporal Jacobians and Geršgorin discs.
+
+Every analytic Jacobian is checked against an independent derivative: central
+finite differences of the layer's own forward (``rhn.step_forward``,
+``rhn.micro_forward``, ``rhn.forward``) and, where PyTorch is installed, autograd
+on a separate PyTorch transcription of Eqs. 6-9. All numbers are float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import BACKENDS, host, on, strict_layer_xfail
+from rhn_np import backend, rhn, theory
+
+FD_EPS = 1e-6  # central differences, float64: truncation ~eps², round-off ~1e-16/eps
+FD_TOL = 1e-7
+EXACT = 1e-12
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+def draw_config(data, *, coupled=None, masks=None, depth=None, transform_bias=None):
+    """Draw a small RHN configuration (labelled) and host float64 inputs for one step."""
+    B = data.draw(st.integers(1, 3), label="B")
+    n_in = data.draw(st.integers(1, 4), label="n_in")
+    n = data.draw(st.integers(1, 6), label="n")
+    L = data.draw(st.integers(1, 3), label="depth") if depth is None else depth
+    coupled = data.draw(st.booleans(), label="coupled") if coupled is None else coupled
+    use_masks = data.draw(st.booleans(), label="masks") if masks is None else masks
+    init_scale = data.draw(st.floats(0.05, 1.0), label="init_scale")
+    if transform_bias is None:
+        transform_bias = data.draw(st.floats(-3.0, 3.0), label="transform_bias")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    params = rhn.init_params(
+        n_in, n, L, coupled=coupled, init_scale=init_scale, transform_bias=transform_bias, seed=seed, dtype="float64"
+    )
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, n_in))
+    s = np.tanh(rng.standard_normal((B, n)))
+    m = None
+    if use_masks:  # inverted dropout masks, keep = 0.7 (zeros included)
+        m = {"x": (rng.random((B, n_in)) < 0.7) / 0.7, "s": (rng.random((B, n)) < 0.7) / 0.7}
+    return params, x, s, m
+
+
+def fd_jacobian(f, s, eps=FD_EPS):
+    """Central-difference Jacobian of a row-wise map f: (B, n) -> (B, m); returns (B, m, n).
+
+    Rows of the batch are independent, so perturbing column j of every row at once
+    gives column j of every row's Jacobian.
+    """
+    B, n = s.shape
+    cols = []
+    for j in range(n):
+        e = np.zeros_like(s)
+        e[:, j] = eps
+        cols.append((f(s + e) - f(s - e)) / (2 * eps))
+    return np.stack(cols, axis=-1)
+
+
+def same_spectrum(a, b, tol):
+    """Each eigenvalue of a has one of b within tol, and vice versa (host complex arrays)."""
+    d = np.abs(np.ravel(a)[:, None] - np.ravel(b)[None, :])
+    return d.min(axis=1).max() <= tol and d.min(axis=0).max() <= tol
+
+
+# ----------------------------------------------------------------------------
+# The RHN step Jacobian
+# ----------------------------------------------------------------------------
+@given(data=st.data())
+@settings(deadline=None)
+def test_step_jacobian_matches_finite_differences(data):
+    params, x, s, m = draw_config(data)
+    J = theory.step_jacobian(params, x, s, m)
+    J_fd = fd_jacobian(lambda z: rhn.step_forward(params, x, z, m)[0], s)
+    assert J.shape == (s.shape[0], s.shape[1], s.shape[1])
+    np.testing.assert_allclose(J, J_fd, rtol=FD_TOL, atol=FD_TOL)
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_micro_jacobians_match_finite_differences_of_micro_forward(data):
+    """Each J_ℓ is ∂s[ℓ]/∂s[ℓ-1] of the layer's own micro_forward, and J = J_L ⋯ J_1."""
+    params, x, s, m = draw_config(data)
+    coupled = "R_C" not in params
+    W, R, b = rhn.fuse_params(params)
+    m_s = None if m is None else m["s"]
+    x_in = x if m is None else x * m["x"]
+    _, cache = rhn.step_forward(params, x, s, m)
+    Js = theory.micro_jacobians(params, x, s, m)
+    assert len(Js) == R.shape[0]
+    prod = None
+    for l, J_l in enumerate(Js):
+        a_in = x_in @ W + b[0] if l == 0 else b[l]
+
+        def micro(z, l=l, a_in=a_in):
+            z_tr = z if m_s is None else z * m_s
+            return rhn.micro_forward(z_tr @ R[l] + a_in, z, coupled)[0]
+
+        s_in = cache["S"][l, 0]
+        np.testing.assert_allclose(J_l, fd_jacobian(micro, s_in), rtol=FD_TOL, atol=FD_TOL)
+        prod = J_l if prod is None else J_l @ prod
+    np.testing.assert_allclose(theory.step_jacobian(params, x, s, m), prod, rtol=EXACT, atol=EXACT)
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_product_rule_for_depth_above_one(data):
+    """Numerator layout J = J_L ⋯ J_1; paper layout A = A_1 ⋯ A_L (the transpose)."""
+    L = data.draw(st.integers(2, 4), label="depth")
+    params, x, s, m = draw_config(data, depth=L)
+    Js = theory.micro_jacobians(params, x, s, m)
+    As = theory.micro_jacobians(params, x, s, m, layout="paper")
+    J, A = Js[0], As[0]
+    for J_l, A_l in zip(Js[1:], As[1:]):
+        J = J_l @ J
+        A = A @ A_l
+    np.testing.assert_allclose(theory.step_jacobian(params, x, s, m), J, rtol=EXACT, atol=EXACT)
+    np.testing.assert_allclose(theory.step_jacobian(params, x, s, m, layout="paper"), A, rtol=EXACT, atol=EXACT)
+
+
+def test_product_order_matters():
+    """The reversed product J_1 ⋯ J_L is a different matrix: the test above can fail."""
+    params = rhn.init_params(2, 4, 2, coupled=False, init_scale=1.0, transform_bias=0.0, seed=4, dtype="float64")
+    rng = np.random.default_rng(4)
+    x, s = rng.standard_normal((1, 2)), np.tanh(rng.standard_normal((1, 4)))
+    J1, J2 = theory.micro_jacobians(params, x, s)
+    J = theory.step_jacobian(params, x, s)
+    np.testing.assert_allclose(J, J2 @ J1, rtol=EXACT, atol=EXACT)
+    assert np.max(np.abs(J - J1 @ J2)) > 1e-2
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_paper_layout_is_the_transpose(data):
+    params, x, s, m = draw_config(data)
+    J = theory.step_jacobian(params, x, s, m)
+    A = theory.step_jacobian(params, x, s, m, layout="paper")
+    np.testing.assert_array_equal(A, np.swapaxes(J, -1, -2))
+    for J_l, A_l in zip(theory.micro_jacobians(params, x, s, m), theory.micro_jacobians(params, x, s, m, layout="paper")):
+        np.testing.assert_array_equal(A_l, np.swapaxes(J_l, -1, -2))
+    tn = theory.jacobian_terms(params, x, s, m)
+    tp = theory.jacobian_terms(params, x, s, m, layout="paper")
+    for k in ("carry", "H", "C", "T"):
+        np.testing.assert_array_equal(tp[k], np.swapaxes(tn[k], -1, -2))
+    # eigenvalues agree; row discs of A are the column discs of J
+    assert same_spectrum(theory.spectrum(A), theory.spectrum(J), 1e-9)
+    for a, b in zip(theory.gersgorin_discs(A, "rows"), theory.gersgorin_discs(J, "columns")):
+        np.testing.assert_allclose(a, b, rtol=EXACT, atol=EXACT)
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_eq10_terms_sum_to_the_micro_jacobian(data):
+    params, x, s, m = draw_config(data)
+    L = params["R_H"].shape[0]
+    layer = data.draw(st.integers(0, L - 1), label="layer")
+    terms = theory.jacobian_terms(params, x, s, m, layer=layer, layout="paper")
+    A = theory.micro_jacobians(params, x, s, m, layout="paper")[layer]
+    np.testing.assert_allclose(terms["carry"] + terms["H"] + terms["C"] + terms["T"], A, rtol=EXACT, atol=EXACT)
+    # carry term is diagonal and unmasked: diag(c) exactly
+    _, cache = rhn.step_forward(params, x, s, m)
+    c = 1.0 - cache["T"][layer, 0] if cache["C"] is None else cache["C"][layer, 0]
+    np.testing.assert_array_equal(np.diagonal(terms["carry"], axis1=-2, axis2=-1), c)
+    # H' diag(t) from the derivative matrices
+    D = theory.derivative_matrices(params, x, s, m, layer=layer)
+    np.testing.assert_allclose(terms["H"], D["H"] * cache["T"][layer, 0][:, None, :], rtol=EXACT, atol=EXACT)
+    if cache["C"] is None:
+        np.testing.assert_array_equal(D["C"], -D["T"])
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_coupled_closed_form_equals_general_form(data):
+    """c = 1 - t: A = diag(1 - t) + H' diag(t) + T' diag(h - y) (paper §2, coupled gates)."""
+    params, x, s, m = draw_config(data, coupled=True)
+    L = params["R_H"].shape[0]
+    for layout in ("numerator", "paper"):
+        general = theory.micro_jacobians(params, x, s, m, layout=layout)
+        for layer in range(L):
+            closed = theory.coupled_closed_form(params, x, s, m, layer=layer, layout=layout)
+            np.testing.assert_allclose(closed, general[layer], rtol=EXACT, atol=EXACT)
+
+
+def test_coupled_closed_form_rejects_uncoupled_params():
+    params = rhn.init_params(2, 3, 1, coupled=False, dtype="float64")
+    with pytest.raises(ValueError, match="coupled"):
+        theory.coupled_closed_form(params, np.zeros((1, 2)), np.zeros((1, 3)))
+
+
+def test_torch_autograd_agrees():
+    """An independent oracle: PyTorch autograd through its own transcription of Eqs. 6-9."""
+    torch = pytest.importorskip("torch")
+    for seed, (B, n_in, n, L, coupled, use_masks) in enumerate(
+        [(2, 3, 4, 1, True, False), (3, 2, 5, 3, False, True), (1, 4, 6, 4, True, True), (2, 1, 3, 2, False, False)]
+    ):
+        params = rhn.init_params(n_in, n, L, coupled=coupled, init_scale=0.7, transform_bias=-0.5, seed=seed, dtype="float64")
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((B, n_in))
+        s = np.tanh(rng.standard_normal((B, n)))
+        m = {"x": rng.uniform(0, 2, (B, n_in)), "s": rng.uniform(0, 2, (B, n))} if use_masks else None
+        P = {k: torch.tensor(v) for k, v in params.items()}
+        xt = torch.tensor(x if m is None else x * m["x"])
+        ms = None if m is None else torch.tensor(m["s"])
+
+        def step(s_prev):
+            z = s_prev
+            for l in range(L):
+                zt = z if ms is None else z * ms
+                pre = {g: zt @ P[f"R_{g}"][l] + P[f"b_{g}"][l] for g in ("H", "T", "C") if f"R_{g}" in P}
+                if l == 0:
+                    pre = {g: a + xt @ P[f"W_{g}"] for g, a in pre.items()}
+                h, t = torch.tanh(pre["H"]), torch.sigmoid(pre["T"])
+                c = 1 - t if coupled else torch.sigmoid(pre["C"])
+                z = h * t + z * c
+            return z
+
+        jac = torch.autograd.functional.jacobian(step, torch.tensor(s))  # (B, n, B, n)
+        J_torch = torch.stack([jac[b, :, b, :] for b in range(B)]).numpy()
+        np.testing.assert_allclose(theory.step_jacobian(params, x, s, m), J_torch, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# Eq. 15: the two limits of the gates
+# ----------------------------------------------------------------------------
+@given(data=st.data())
+@settings(deadline=None)
+def test_eq15_saturated_carry_gives_identity(data):
+    """c = 1, t = 0 (coupled, transform bias -50): J = I, every eigenvalue is 1."""
+    params, x, s, m = draw_config(data, coupled=True, transform_bias=-50.0)
+    J = theory.step_jacobian(params, x, s, m)
+    np.testing.assert_allclose(J, np.broadcast_to(np.eye(s.shape[1]), J.shape), atol=EXACT)
+    np.testing.assert_allclose(theory.spectrum(J), 1.0, atol=1e-10)
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_eq15_open_transform_gives_plain_tanh_rnn(data):
+    """c = 0, t = 1 (uncoupled, b_C = -50, b_T = +50): A = H', the plain tanh RNN Jacobian."""
+    params, x, s, _ = draw_config(data, coupled=False, masks=False, depth=1)
+    params["b_T"] = params["b_T"] * 0 + 50.0
+    params["b_C"] = params["b_C"] * 0 - 50.0
+    J = theory.step_jacobian(params, x, s)
+    J_rnn = theory.rnn_step_jacobian(params["R_H"][0], params["W_H"], params["b_H"][0], x, s)
+    np.testing.assert_allclose(J, J_rnn, atol=EXACT)
+    assert same_spectrum(theory.spectrum(J), theory.spectrum(J_rnn), 1e-6)
+    # ... and H' itself (paper layout) is that matrix
+    D = theory.derivative_matrices(params, x, s)
+    np.testing.assert_allclose(D["H"], theory.rnn_step_jacobian(params["R_H"][0], params["W_H"], params["b_H"][0], x, s, layout="paper"), atol=EXACT)
+
+
+def test_eq15_between_the_limits_moves_the_spectrum():
+    """At a moderate bias the spectrum is neither all 1 nor that of H' (the gates interpolate)."""
+    rng = np.random.default_rng(3)
+    x, s = rng.standard_normal((1, 4)), np.tanh(rng.standard_normal((1, 8)))
+    spectra = []
+    for bias in (-50.0, 0.0, 50.0):
+        p = rhn.init_params(4, 8, 1, coupled=True, init_scale=0.8, transform_bias=bias, seed=1, dtype="float64")
+        spectra.append(theory.spectrum(theory.step_jacobian(p, x, s)))
+    assert not same_spectrum(spectra[1], spectra[0], 1e-2)
+    assert not same_spectrum(spectra[1], spectra[2], 1e-2)
+
+
+# ----------------------------------------------------------------------------
+# Geršgorin discs
+# ----------------------------------------------------------------------------
+square_matrices = st.integers(1, 6).flatmap(
+    lambda n: hnp.arrays(np.float64, (n, n), elements=st.floats(-10, 10, allow_nan=False, allow_subnormal=False))
+)
+
+
+@given(M=square_matrices)
+@settings(deadline=None)
+def test_gersgorin_discs_definition(M):
+    n = M.shape[0]
+    c, r_rows = theory.gersgorin_discs(M, "rows")
+    _, r_cols = theory.gersgorin_discs(M, "columns")
+    np.testing.assert_array_equal(c, np.diag(M))
+    for i in range(n):
+        assert r_rows[i] == pytest.approx(sum(abs(M[i, j]) for j in range(n) if j != i), abs=EXACT)
+        assert r_cols[i] == pytest.approx(sum(abs(M[j, i]) for j in range(n) if j != i), abs=EXACT)
+
+
+@given(M=square_matrices)
+@settings(deadline=None)
+def test_eigenvalues_lie_in_the_union_of_discs(M):
+    assert theory.eigenvalues_in_union(M, "rows")
+    assert theory.eigenvalues_in_union(M, "columns")
+    assert theory.eigenvalues_in_union(M, "both")
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_rhn_jacobian_eigenvalues_lie_in_the_union_of_discs(data):
+    params, x, s, m = draw_config(data)
+    for layout in ("numerator", "paper"):
+        J = theory.step_jacobian(params, x, s, m, layout=layout)
+        assert np.all(theory.eigenvalues_in_union(J, "both"))
+        for A in theory.micro_jacobians(params, x, s, m, layout=layout):
+            assert np.all(theory.eigenvalues_in_union(A, "both"))
+
+
+def test_eigenvalues_in_union_can_say_no():
+    """The check is not vacuous: shrink the discs and an eigenvalue falls outside."""
+    M = np.array([[0.0, 2.0], [2.0, 0.0]])  # eigenvalues ±2, discs centred at 0 of radius 2
+    assert theory.eigenvalues_in_union(M)
+    lam = theory.spectrum(M)
+    centres, radii = theory.gersgorin_discs(M)
+    assert not np.all(theory.in_union(lam, centres, radii * 0.9))
+    batch = np.stack([M, np.diag([1.0, 2.0])])
+    assert theory.eigenvalues_in_union(batch).shape == (2,)
+
+
+def test_gersgorin_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        theory.gersgorin_discs(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="axis"):
+        theory.gersgorin_discs(np.zeros((2, 2)), axis="diagonal")
+    with pytest.raises(ValueError, match="layout"):
+        theory.step_jacobian(rhn.init_params(1, 2, 1, dtype="float64"), np.zeros((1, 1)), np.zeros((1, 2)), layout="denominator")
+
+
+# ----------------------------------------------------------------------------
+# Eq. 14: the printed radius indexes the gates by the row
+# ----------------------------------------------------------------------------
+def test_eq14_printed_radius_differs_from_the_actual_radius():
+    rng = np.random.default_rng(0)
+    params = rhn.init_params(3, 6, 1, coupled=False, init_scale=1.0, transform_bias=0.0, seed=0, dtype="float64")
+    x, s = rng.standard_normal((2, 3)), np.tanh(rng.standard_normal((2, 6)))
+    A = theory.step_jacobian(params, x, s, layout="paper")
+    _, actual = theory.gersgorin_discs(A, "rows")
+    printed = theory.eq14_printed_radii(params, x, s)
+    assert printed.shape == actual.shape == (2, 6)
+    assert np.max(np.abs(printed - actual)) > 1e-2
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_eq14_printed_radius_is_right_when_gates_are_uniform(data):
+    """If t, h, y (and c) are the same in every unit, row- and column-indexing agree."""
+    params, x, _, _ = draw_config(data, depth=1, masks=False)
+    n = params["R_H"].shape[1]
+    for k in ("W_H", "W_T") + (("W_C",) if "W_C" in params else ()):
+        params[k] = params[k] * 0
+    for k in [k for k in params if k.startswith("b_")]:
+        params[k] = params[k] * 0 + params[k][0, 0]
+    s = np.full((x.shape[0], n), 0.0)  # y = 0: every unit sees the same pre-activation
+    A = theory.step_jacobian(params, x, s, layout="paper")
+    np.testing.assert_allclose(theory.eq14_printed_radii(params, x, s), theory.gersgorin_discs(A)[1], rtol=1e-12, atol=EXACT)
+
+
+# ----------------------------------------------------------------------------
+# Plain tanh RNN (Eqs. 2-3)
+# ----------------------------------------------------------------------------
+@given(
+    n_in=st.integers(1, 4),
+    n=st.integers(1, 6),
+    B=st.integers(1, 3),
+    std=st.floats(0.01, 2.0),
+    init=st.sampled_from(["normal", "identity"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(deadline=None)
+def test_rnn_step_jacobian_and_eq3_bound(n_in, n, B, std, init, seed):
+    p = theory.rnn_init(n_in, n, init_std=std, init=init, seed=seed)
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((B, n_in)), np.tanh(rng.standard_normal((B, n)))
+    J = theory.rnn_step_jacobian(**p, x=x, y_prev=y)
+    J_fd = fd_jacobian(lambda z: theory.rnn_step_forward(**p, x=x, y_prev=z), y)
+    np.testing.assert_allclose(J, J_fd, rtol=FD_TOL, atol=FD_TOL)
+    np.testing.assert_array_equal(theory.rnn_step_jacobian(**p, x=x, y_prev=y, layout="paper"), np.swapaxes(J, -1, -2))
+    bound = theory.rnn_norm_bound(p["R"])  # Eq. 3 with γ = 1 (tanh)
+    assert bound == pytest.approx(np.linalg.norm(p["R"], 2), rel=1e-12)
+    assert np.all(theory.lag_norms(J[None])[0] <= bound * (1 + 1e-12))
+    if init == "identity":
+        np.testing.assert_array_equal(np.diag(p["R"]), 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Jacobians across time
+# ----------------------------------------------------------------------------
+@given(data=st.data(), T=st.integers(1, 5), anchor=st.sampled_from(["end", "start"]))
+@settings(deadline=None)
+def test_rhn_jacobians_across_time_match_finite_differences(data, T, anchor):
+    params, x, s0, m = draw_config(data)
+    rng = np.random.default_rng(T)
+    xs = rng.standard_normal((T,) + x.shape)
+    Js = theory.sequence_jacobians(params, xs, s0, m)
+    P = theory.jacobians_across_time(Js, anchor=anchor)
+    assert P.shape == (T,) + Js.shape[1:]
+    ys, _ = rhn.forward(params, xs, s0, m, impl="reference")
+    states = [s0] + [ys[t] for t in range(T)]
+    for k in range(1, T + 1):
+        if anchor == "end":  # ∂s_T / ∂s_{T-k}: run steps T-k+1..T from a perturbed s_{T-k}
+            f = lambda z, k=k: rhn.forward(params, xs[T - k :], z, m, impl="reference")[0][-1]
+            at = states[T - k]
+        else:  # ∂s_k / ∂s_0
+            f = lambda z, k=k: rhn.forward(params, xs[:k], z, m, impl="reference")[0][-1]
+            at = s0
+        np.testing.assert_allclose(P[k - 1], fd_jacobian(f, at), rtol=1e-6, atol=1e-7)
+    # each step Jacobian equals the one-step API at the same state
+    t = data.draw(st.integers(0, T - 1), label="t")
+    np.testing.assert_allclose(Js[t], theory.step_jacobian(params, xs[t], states[t], m), rtol=EXACT, atol=EXACT)
+
+
+def test_rnn_jacobians_across_time_and_norms():
+    p = theory.rnn_init(2, 4, init_std=0.6, seed=5)
+    rng = np.random.default_rng(5)
+    xs, y0 = rng.standard_normal((6, 2, 2)), np.zeros((2, 4))
+    Js = theory.rnn_sequence_jacobians(**p, xs=xs, y0=y0)
+    P = theory.jacobians_across_time(Js, anchor="start")
+    f = lambda z: theory.rnn_forward(**p, xs=xs, y0=z)[-1]
+    np.testing.assert_allclose(P[-1], fd_jacobian(f, y0), rtol=1e-6, atol=1e-8)
+    norms = theory.lag_norms(P)
+    assert norms.shape == (6, 2)
+    np.testing.assert_allclose(norms, np.linalg.norm(P, ord=2, axis=(-2, -1)), rtol=1e-12)
+    sv = theory.singular_values(P)
+    assert sv.shape == (6, 2, 4) and np.all(np.diff(sv, axis=-1) <= 0)
+    with pytest.raises(ValueError, match="anchor"):
+        theory.jacobians_across_time(Js, anchor="middle")
+
+
+# ----------------------------------------------------------------------------
+# Backends: Jacobians on the device of the inputs, eigenvalues on the host
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [p if p.id != "strict" else pytest.param("array_api_strict", id="strict", marks=strict_layer_xfail) for p in BACKENDS])
+def test_step_jacobian_on_every_backend(name):
+    be = backend.get(name)
+    params = rhn.init_params(3, 5, 2, coupled=False, init_scale=0.6, transform_bias=-0.5, seed=2, dtype="float64")
+    rng = np.random.default_rng(2)
+    x, s = rng.standard_normal((2, 3)), np.tanh(rng.standard_normal((2, 5)))
+    m = {"x": rng.uniform(0, 2, (2, 3)), "s": rng.uniform(0, 2, (2, 5))}
+    J_ref = theory.step_jacobian(params, x, s, m)
+    J = theory.step_jacobian(on(be, params), on(be, x), on(be, s), on(be, m))
+    assert backend.name_of(J) == be.name
+    np.testing.assert_allclose(host(J), J_ref, rtol=EXACT, atol=EXACT)
+    np.testing.assert_allclose(theory.spectrum(J), theory.spectrum(J_ref), rtol=1e-12, atol=EXACT)
+
+
+def test_jacobian_from_cache_on_the_strict_backend():
+    """theory's own array code is Array-API clean: a NumPy forward cache moved to
+    array-api-strict's fake device gives the same Jacobians (independent of the
+    rhn.forward indexing bug that xfails the test above on that backend)."""
+    be = backend.get("array_api_strict")
+    for coupled in (True, False):
+        params = rhn.init_params(3, 5, 3, coupled=coupled, init_scale=0.6, seed=1, dtype="float64")
+        rng = np.random.default_rng(1)
+        xs, s0 = rng.standard_normal((3, 2, 3)), np.tanh(rng.standard_normal((2, 5)))
+        m = {"x": rng.uniform(0, 2, (2, 3)), "s": rng.uniform(0, 2, (2, 5))}
+        _, cache = rhn.forward(params, xs, s0, m, impl="reference")
+        cache_strict = {k: on(be, v) if isinstance(v, np.ndarray) else v for k, v in cache.items()}
+        cache_strict["m_s"] = on(be, cache["m_s"])
+        Js = []
+        for t in range(3):
+            J = theory.jacobian_from_cache(on(be, params), cache_strict, t)
+            assert backend.name_of(J) == "array_api_strict"
+            np.testing.assert_allclose(host(J), theory.jacobian_from_cache(params, cache, t), rtol=EXACT, atol=EXACT)
+            Js.append(host(J))
+        P = theory.jacobians_across_time(on(be, np.stack(Js)))
+        assert backend.name_of(P) == "array_api_strict"
+        np.testing.assert_allclose(host(P), theory.jacobians_across_time(np.stack(Js)), rtol=EXACT, atol=EXACT)
+
+
+@pytest.mark.parametrize("name", [p.values[0] for p in BACKENDS], ids=[p.id for p in BACKENDS])
+def test_discs_spectrum_and_rnn_on_every_backend(name):
+    if name == "cupy" and not backend.cupy_available():
+        pytest.skip("CuPy with a CUDA GPU is not available")
+    be = backend.get(name)
+    M = np.array([[1.0, -2.0, 0.5], [0.3, -1.0, 0.0], [0.0, 4.0, 2.0]])
+    c, r = theory.gersgorin_discs(on(be, M), "rows")
+    assert backend.name_of(c) == be.name
+    np.testing.assert_allclose(host(r), [2.5, 0.3, 4.0])
+    assert theory.eigenvalues_in_union(on(be, M), "both")
+    np.testing.assert_allclose(np.sort_complex(theory.spectrum(on(be, M))), np.sort_complex(np.linalg.eigvals(M)))
+    p = theory.rnn_init(2, 3, init_std=0.5, seed=1, backend=be)
+    p_host = theory.rnn_init(2, 3, init_std=0.5, seed=1)
+    x, y = np.ones((1, 2)), np.full((1, 3), 0.2)
+    J = theory.rnn_step_jacobian(**p, x=on(be, x), y_prev=on(be, y))
+    np.testing.assert_allclose(host(J), theory.rnn_step_jacobian(**p_host, x=x, y_prev=y), rtol=EXACT)
+
+
+# ----------------------------------------------------------------------------
+# Plot helpers (Agg): they draw, label and save without a display
+# ----------------------------------------------------------------------------
+def test_plot_helpers_draw_and_save(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rhn_np import plots
+
+    M = np.array([[0.5, 0.2], [-0.1, -0.3]])
+    with plots.slide_style():
+        fig, axes = plt.subplots(1, 4, figsize=(20, 5))
+        ax = plots.plot_discs(M, axes[0], title="discs")
+        plots.plot_discs(np.eye(2) * 0.9, ax, color="C1", label="second")
+        assert ax.get_xlabel() == "Re λ" and len(ax.patches) == 2 * 2 * 2
+        assert sum(line.get_label() == "unit circle |λ| = 1" for line in ax.lines) == 1
+        plots.set_common_limits(axes[:1])
+        plots.plot_spectrum_sweep([0, 1], [theory.spectrum(M), theory.spectrum(2 * M)], axes[1], xlabel="scale")
+        plots.plot_eigenvalue_paths([0, 1], [theory.spectrum(M), theory.spectrum(2 * M)], axes[2])
+        plots.plot_norm_vs_lag({"a": np.array([1.0, 0.5, 0.25]), "b": np.ones((3, 2))}, axes[3])
+        fig2 = plt.figure()
+        plots.plot_singular_values_vs_lag(np.array([[2.0, 1.0], [1.5, 0.5]]), fig2.gca(), label="rhn")
+    with pytest.raises(ValueError, match="one matrix"):
+        plots.plot_discs(np.zeros((2, 2, 2)))
+    monkeypatch.delenv("RHN_FIGDIR", raising=False)
+    assert plots.save_figure(fig, "x") is None
+    monkeypatch.setenv("RHN_FIGDIR", str(tmp_path / "figs"))
+    path = plots.save_figure(fig, "discs")
+    assert path.endswith("discs.png") and (tmp_path / "figs" / "discs.png").stat().st_size > 1000
+    plt.close("all")
