@@ -8,6 +8,10 @@ fast       the fused fast path of the layer (CuPy kernels, preallocated buffers)
 lm         language-model pieces: embedding, dropout masks, softmax, losses
 optim      gradient clipping, SGD with the authors' L2 term, Adam
 gradcheck  numerical gradient checkers used by the tests and notebooks
+checkpoint atomic .npz checkpoints, read without pickle
+theory     temporal Jacobians, Gersgorin discs, spectra (the paper's Sections 3-4)
+plots      matplotlib helpers for the theory figures
+cli        the ``rhn-np`` command line
 """
 
 __version__ = "0.1.0"

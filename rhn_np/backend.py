@@ -11,7 +11,7 @@ This module is the only one that imports CuPy (guarded), and it owns
 * random numbers, which are always drawn on the host (NumPy ``Generator``) so that
   weights and dropout masks are identical on every backend;
 * the few operations that differ between libraries: :func:`scatter_add_rows`
-  (embedding gradients) and the fused CuPy kernels of the fast path (:mod:`rhn_np._cuda`).
+  (embedding gradients) and the fused CuPy kernels of the fast path (:func:`gate_kernels`).
 
 Example
 -------
@@ -46,6 +46,9 @@ __all__ = [
     "scatter_add_rows",
     "is_cupy",
     "device_of",
+    "gate_kernels",
+    "set_cuda_kernels",
+    "describe",
 ]
 
 BACKEND_NAMES = ("numpy", "cupy", "array_api_strict")

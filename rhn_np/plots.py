@@ -108,7 +108,7 @@ def plot_discs(
     color, label : colour of the discs and their legend text
         (default label: "row discs" / "column discs")
     eigenvalues : draw the eigenvalues as black crosses
-    unit_circle : draw |λ| = 1 (the border between vanishing and exploding)
+    unit_circle : draw ``|λ| = 1`` (the border between vanishing and exploding)
     radii : optional (n,) radii to draw instead of the matrix's own (e.g. the
         printed Eq. 14 radii); the centres are always ``a_ii``
     fill_alpha : opacity of each disc's fill; by default it falls with n so that
@@ -183,7 +183,7 @@ def plot_spectrum_sweep(
     """``|λ|`` of every eigenvalue against a swept parameter, with the spectral radius.
 
     values : (K,) swept parameter (transform bias, init std, width, ...)
-    spectra : K arrays of eigenvalues (any shape each; from :func:`theory.spectrum`)
+    spectra : K arrays of eigenvalues (any shape each; from :func:`rhn_np.theory.spectrum`)
     """
     ax = _axes(ax, figsize=(8, 5.5))
     values = list(values)
@@ -237,7 +237,7 @@ def plot_eigenvalue_paths(values, spectra, ax=None, *, cmap="viridis", colorbar_
 def plot_norm_vs_lag(curves, ax=None, *, title=None, ylabel=r"$\|\partial s_T / \partial s_{T-k}\|_2$", logy=True, colors=None):
     """Jacobian norm against the time lag k, one curve per model.
 
-    curves : dict label -> norms, (K,) or (K, B) (from :func:`theory.lag_norms`);
+    curves : dict label -> norms, (K,) or (K, B) (from :func:`rhn_np.theory.lag_norms`);
         with a batch axis the median is drawn and the min-max range shaded.
     """
     ax = _axes(ax, figsize=(9, 5.5))
@@ -262,7 +262,7 @@ def plot_norm_vs_lag(curves, ax=None, *, title=None, ylabel=r"$\|\partial s_T / 
 
 def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=None, floor=1e-15):
     """All singular values of ``∂s_T/∂s_{T−k}`` against k (one sequence): thin lines,
-    the largest and smallest bold. ``sv`` (K, n) from :func:`theory.singular_values`.
+    the largest and smallest bold. ``sv`` (K, n) from :func:`rhn_np.theory.singular_values`.
 
     Values below ``floor · σ_max`` are float64 round-off, not signal; they are
     clipped to that level (drawn flat) so that the plot does not show noise.

@@ -404,9 +404,9 @@ def jacobians_across_time(Js, *, anchor="end"):
     ``Js`` (T, B, n, n): ``Js[t-1] = ∂s_t/∂s_{t-1}``, from :func:`sequence_jacobians`
     or :func:`rnn_sequence_jacobians`.
 
-    anchor="end":   ``P[k-1] = ∂s_T/∂s_{T-k} = J_T ⋯ J_{T-k+1}`` (what BPTT
-                    multiplies the last step's gradient by, k steps back)
-    anchor="start": ``P[k-1] = ∂s_k/∂s_0 = J_k ⋯ J_1``
+    * ``anchor="end"``: ``P[k-1] = ∂s_T/∂s_{T-k} = J_T ⋯ J_{T-k+1}`` (what BPTT
+      multiplies the last step's gradient by, k steps back);
+    * ``anchor="start"``: ``P[k-1] = ∂s_k/∂s_0 = J_k ⋯ J_1``.
 
     Returns (T, B, n, n) on the backend of ``Js``.
     """
