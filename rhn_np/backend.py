@@ -548,6 +548,61 @@ extern "C" __global__ void bwd_uncoupled(const T* carry_in, const T* g, const T*
 """
 
 
+class _Cublas:
+    """cuBLAS through ctypes, with a handle and a workspace of our own.
+
+    CuPy's cuBLAS bindings refuse to run while a stream is being captured into a CUDA
+    graph; cuBLAS itself supports capture once it has a workspace it need not allocate.
+    The library is the one CuPy already loaded (found in the process's memory map).
+    """
+
+    OP_N, OP_T = 0, 1
+    WORKSPACE_BYTES = 32 * 2**20
+
+    def __init__(self, cp):
+        import ctypes
+
+        cp.cuda.device.get_cublas_handle()  # makes CuPy load libcublas
+        path = None
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                name = line.split()[-1]
+                if "libcublas.so" in name and "libcublasLt" not in name:
+                    path = name
+                    break
+        if path is None:
+            raise RuntimeError("libcublas is not loaded in this process; CuPy's cuBLAS could not be found")
+        lib = ctypes.CDLL(path)
+        vp, i32 = ctypes.c_void_p, ctypes.c_int
+        for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            fn = getattr(lib, name)
+            fn.argtypes = [vp, i32, i32, i32, i32, i32, vp, vp, i32, vp, i32, vp, vp, i32]
+            fn.restype = i32
+        lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
+        lib.cublasSetStream_v2.argtypes = [vp, vp]
+        lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
+        lib.cublasSetPointerMode_v2.argtypes = [vp, i32]
+        handle = vp()
+        self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        self.handle = handle.value
+        self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=cp.uint8)
+        self._check(lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES), "cublasSetWorkspace")
+        self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
+        self.lib = lib
+        self.gemm = {np.dtype(np.float32): lib.cublasSgemm_v2, np.dtype(np.float64): lib.cublasDgemm_v2}
+        self.scalars = {dt: (np.ones((), dt), np.zeros((), dt)) for dt in self.gemm}
+        self.one_zero = {dt: (one.ctypes.data, zero.ctypes.data) for dt, (one, zero) in self.scalars.items()}
+
+    @staticmethod
+    def _check(status, what):
+        if status != 0:
+            raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+    def use_stream(self, stream_ptr):
+        """Issue the following GEMMs on this stream (the caller's current one)."""
+        self._check(self.lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+
+
 class _CupyRawKernels(_StepPlans):
     """Gate maths as RawKernels on contiguous buffers, GEMMs straight through cuBLAS."""
 
@@ -555,52 +610,55 @@ class _CupyRawKernels(_StepPlans):
 
     def __init__(self, coupled):
         cp = _import_cupy()
+        self.cp, self.coupled = cp, coupled
+        self.blas = _Cublas(cp)
         from cupy.cuda import device as cuda_device
         from cupy_backends.cuda.libs import cublas
 
-        self.cp, self.cublas, self.coupled = cp, cublas, coupled
-        self._handle = cuda_device.get_cublas_handle
+        self._cublas, self._cupy_handle = cublas, cuda_device.get_cublas_handle
+        self._cupy_gemm = {np.dtype(np.float32): cublas.sgemm, np.dtype(np.float64): cublas.dgemm}
         tag = "coupled" if coupled else "uncoupled"
         self._fn = {}
         for ctype, dt in (("float", np.float32), ("double", np.float64)):
             mod = cp.RawModule(code=f"typedef {ctype} T;\n" + _RAW_SOURCE, options=("--std=c++11",))
             self._fn[np.dtype(dt)] = (mod.get_function(f"fwd_{tag}"), mod.get_function(f"bwd_{tag}"))
-        self._scalars = {np.dtype(np.float32): (np.ones((), np.float32), np.zeros((), np.float32)),
-                         np.dtype(np.float64): (np.ones((), np.float64), np.zeros((), np.float64))}
+
+    def _gemm_setup(self, dtype):
+        """A GEMM function of ``dtype``, its handle and host pointers to 1 and 0, on the current
+        stream: CuPy's Cython binding (the cheapest call) unless the stream is being
+        captured into a CUDA graph, where only the ctypes one is allowed."""
+        dtype = np.dtype(dtype)
+        one, zero = self.blas.one_zero[dtype]
+        stream = self.cp.cuda.get_current_stream()
+        if stream.is_capturing():
+            self.blas.use_stream(stream.ptr)
+            return self.blas.handle, self.blas.gemm[dtype], one, zero
+        handle = self._cupy_handle()  # CuPy binds it to the current stream
+        self._cublas.setPointerMode(handle, self._cublas.CUBLAS_POINTER_MODE_HOST)
+        return handle, self._cupy_gemm[dtype], one, zero
 
     def matmul(self, a, b, out=None):
         """out = a @ b (2-D, C- or F-contiguous operands, C-contiguous out) by one cuBLAS call."""
-        cp, cublas = self.cp, self.cublas
+        cp = self.cp
         M, K = a.shape
         N = b.shape[1]
         if out is None:
             out = cp.empty((M, N), dtype=a.dtype)
-        if not (out.flags.c_contiguous and a.dtype == b.dtype == out.dtype):
-            return cp.matmul(a, b, out=out)
-        # Row-major out (M, N) is column-major out.T (N, M) = b.T @ a.T.
-        if b.flags.c_contiguous:
-            opb, ldb = cublas.CUBLAS_OP_N, max(N, 1)
-        elif b.flags.f_contiguous:
-            opb, ldb = cublas.CUBLAS_OP_T, max(K, 1)
-        else:
-            return cp.matmul(a, b, out=out)
-        if a.flags.c_contiguous:
-            opa, lda = cublas.CUBLAS_OP_N, max(K, 1)
-        elif a.flags.f_contiguous:
-            opa, lda = cublas.CUBLAS_OP_T, max(M, 1)
-        else:
+        ok = out.flags.c_contiguous and a.dtype == b.dtype == out.dtype and out.dtype in self.blas.gemm
+        if not ok or not (a.flags.c_contiguous or a.flags.f_contiguous) or not (b.flags.c_contiguous or b.flags.f_contiguous):
             return cp.matmul(a, b, out=out)
         if M == 0 or N == 0:
             return out
         if K == 0:
             out.fill(0)
             return out
-        one, zero = self._scalars[out.dtype]
-        handle = self._handle()
-        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-        gemm = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
-        gemm(handle, opb, opa, N, M, K, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
-             zero.ctypes.data, out.data.ptr, max(N, 1))
+        # Row-major out (M, N) is column-major out.T (N, M) = b.T @ a.T.
+        opb, ldb = (_Cublas.OP_N, max(N, 1)) if b.flags.c_contiguous else (_Cublas.OP_T, max(K, 1))
+        opa, lda = (_Cublas.OP_N, max(K, 1)) if a.flags.c_contiguous else (_Cublas.OP_T, max(M, 1))
+        handle, gemm, one, zero = self._gemm_setup(out.dtype)
+        status = gemm(handle, opb, opa, N, M, K, one, b.data.ptr, ldb, a.data.ptr, lda, zero, out.data.ptr, max(N, 1))
+        if status:
+            raise RuntimeError(f"cuBLAS gemm failed with status {status}")
         return out
 
     def contiguous(self, x):
@@ -610,20 +668,12 @@ class _CupyRawKernels(_StepPlans):
     # costs microseconds of Python, so every address is computed as an integer from the
     # buffers' base pointers, and each micro-step is exactly one cuBLAS call and one
     # kernel launch.
-    def _gemm_setup(self, dtype):
-        cublas = self.cublas
-        handle = self._handle()
-        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-        gemm = cublas.sgemm if dtype == np.float32 else cublas.dgemm
-        one, zero = (x.ctypes.data for x in self._scalars[dtype])
-        return handle, gemm, one, zero
-
     def forward_steps(self, a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a):
         depth, T, B, n = S.shape
         kn, isz = a.shape[1], a.itemsize
         fwd, _ = self._fn[a.dtype]
         handle, gemm, one, zero = self._gemm_setup(a.dtype)
-        op_n = self.cublas.CUBLAS_OP_N
+        op_n = _Cublas.OP_N
         state = B * n * isz  # bytes of one (B, n) state
         pS, pH, pT, pys = S.data.ptr, Hs.data.ptr, Ts.data.ptr, ys.data.ptr
         pC = None if Cs is None else Cs.data.ptr
@@ -634,7 +684,8 @@ class _CupyRawKernels(_StepPlans):
 
         def step(t, l):
             # a (B, kn) = s_tr (B, n) @ R[l] (n, kn); column-major: aᵀ = R[l]ᵀ s_trᵀ
-            gemm(handle, op_n, op_n, kn, B, n, one, pR + l * n * kn * isz, kn, ps_tr, n, zero, pa, kn)
+            if gemm(handle, op_n, op_n, kn, B, n, one, pR + l * n * kn * isz, kn, ps_tr, n, zero, pa, kn):
+                raise RuntimeError("cuBLAS gemm failed in the forward micro-step")
             if l == 0:
                 bias, stride = np.uintp(pax + t * B * kn * isz), kn32
             else:
@@ -656,7 +707,7 @@ class _CupyRawKernels(_StepPlans):
         kn, isz = dA.shape[-1], dA.itemsize
         _, bwd = self._fn[dA.dtype]
         handle, gemm, one, zero = self._gemm_setup(dA.dtype)
-        op_n, op_t = self.cublas.CUBLAS_OP_N, self.cublas.CUBLAS_OP_T
+        op_n, op_t = _Cublas.OP_N, _Cublas.OP_T
         state = B * n * isz
         pS, pH, pT, pdy = S.data.ptr, Hs.data.ptr, Ts.data.ptr, dys.data.ptr
         pC = None if Cs is None else Cs.data.ptr
@@ -677,7 +728,8 @@ class _CupyRawKernels(_StepPlans):
                 + (np.uintp(pda), pcarry[1 - c]) + tail)
             cur[0] = 1 - c
             # g (B, n) = da (B, kn) @ R[l]ᵀ; column-major: gᵀ = R[l] daᵀ with R[l] stored as R[l]ᵀ
-            gemm(handle, op_t, op_n, n, B, kn, one, pR + l * n * kn * isz, kn, pda, kn, zero, pg, n)
+            if gemm(handle, op_t, op_n, n, B, kn, one, pR + l * n * kn * isz, kn, pda, kn, zero, pg, n):
+                raise RuntimeError("cuBLAS gemm failed in the backward micro-step")
 
         def ds0():
             return carry[cur[0]] + g * mask
@@ -713,3 +765,44 @@ def gate_kernels(x, coupled: bool):
     if key not in _KERNELS:
         _KERNELS[key] = cls(bool(coupled))
     return _KERNELS[key]
+
+
+# ----------------------------------------------------------------------------
+# CUDA graphs: capture a whole window once, replay it (rhn_np.fast.CapturedWindow)
+# ----------------------------------------------------------------------------
+class CapturedGraph:
+    """A CUDA graph, the outputs its capture produced, and the private memory pool that
+    holds every buffer it touches (so no later allocation can reuse that memory)."""
+
+    def __init__(self, graph, outputs, pool, stream):
+        self.graph, self.outputs, self._pool, self._stream = graph, outputs, pool, stream
+
+    def launch(self):
+        """Replay on the caller's current stream (asynchronous, like any kernel launch)."""
+        self.graph.launch(_cupy.cuda.get_current_stream())
+
+
+def capture_graph(fn) -> CapturedGraph:
+    """Run ``fn()`` once to warm up, then capture a second run into a CUDA graph.
+
+    Everything ``fn`` allocates comes from a private CuPy memory pool that lives as long
+    as the returned object: temporaries freed during the capture keep their addresses
+    for the replays. ``fn`` must use only capturable operations (CuPy kernels and the
+    fast path's direct cuBLAS calls; not ``cupy.matmul``).
+    """
+    cp = _import_cupy()
+    if cp is None:
+        raise RuntimeError(f"CUDA graphs need CuPy and a GPU ({_cupy_error})")
+    pool = cp.cuda.MemoryPool()
+    stream = cp.cuda.Stream(non_blocking=True)
+    mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        fn()  # compiles kernels and sizes the private pool
+        stream.synchronize()
+        stream.begin_capture() if mode is None else stream.begin_capture(mode)
+        try:
+            outputs = fn()
+        finally:
+            graph = stream.end_capture()
+    stream.synchronize()
+    return CapturedGraph(graph, outputs, pool, stream)

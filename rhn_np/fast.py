@@ -93,3 +93,78 @@ def backward(params, cache, dys, ds_last):
     if m_x is not None:
         dxs = dxs * m_x
     return split_grads(dW, dR, db, coupled), dxs, ds0
+
+
+class CapturedWindow:
+    """One forward + BPTT window of fixed shapes, captured once into a CUDA graph.
+
+    On a GPU the fast path is bound by the Python cost of launching two operations per
+    micro-step; a CUDA graph replays all of them with one launch. The graph computes
+    exactly :func:`forward` then :func:`backward` of this module (the same kernels),
+    so it is tested against them.
+
+    Usage::
+
+        window = CapturedWindow(params, T, B, masks=True)   # CuPy params
+        ys, grads, dxs, ds0 = window(xs, s0, dys, masks)     # every call: copy in, replay
+
+    The parameters are read at every replay from the arrays that were in ``params`` at
+    capture: update them in place (the optimisers of :mod:`rhn_np.optim` do); replacing
+    an array raises a ValueError. The returned arrays are the graph's own buffers,
+    overwritten by the next call: copy what you keep.
+    """
+
+    def __init__(self, params, T, B, *, masks=False, ds_last=False):
+        if any(_backend.name_of(p) != "cupy" for p in params.values()):
+            raise ValueError("CapturedWindow needs CuPy parameters: rhn.init_params(..., backend='cupy')")
+        from .rhn import _check_params
+
+        xp, n_in, n, depth, dtype, coupled = _check_params(params)
+        dev = _backend.device_of(params["R_H"])
+        z = lambda *shape: xp.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
+        self.params = params
+        self._ptrs = {k: v.data.ptr for k, v in params.items()}
+        self._inputs = {"xs": z(T, B, n_in), "s0": z(B, n), "dys": z(T, B, n)}
+        if masks:
+            self._inputs.update(m_x=z(B, n_in) + 1, m_s=z(B, n) + 1)
+        if ds_last:
+            self._inputs["ds_last"] = z(B, n)
+        self.masks, self.ds_last = masks, ds_last
+        previous = _backend.set_cuda_kernels("raw")  # direct cuBLAS calls can be captured
+        try:
+            self._graph = _backend.capture_graph(self._window)
+        finally:
+            _backend.set_cuda_kernels(previous)
+
+    def _window(self):
+        from . import rhn
+
+        inp = self._inputs
+        masks = {"x": inp["m_x"], "s": inp["m_s"]} if self.masks else None
+        ys, cache = rhn.forward(self.params, inp["xs"], inp["s0"], masks, impl="fast")
+        grads, dxs, ds0 = rhn.backward(self.params, cache, inp["dys"], inp.get("ds_last"))
+        return ys, grads, dxs, ds0
+
+    def __call__(self, xs, s0, dys, masks=None, ds_last=None):
+        """Copy the inputs into the graph's buffers, replay, return ``(ys, grads, dxs, ds0)``."""
+        for k, v in self.params.items():
+            if v.data.ptr != self._ptrs.get(k):
+                raise ValueError(f"params[{k!r}] was replaced since the capture; update parameters in place "
+                                 "or build a new CapturedWindow")
+        if (masks is not None) != self.masks:
+            raise ValueError(f"this window was captured with masks={self.masks}; pass masks accordingly")
+        if (ds_last is not None) != self.ds_last:
+            raise ValueError(f"this window was captured with ds_last={self.ds_last}; pass ds_last accordingly")
+        given = {"xs": xs, "s0": s0, "dys": dys}
+        if masks is not None:
+            given.update(m_x=masks["x"], m_s=masks["s"])
+        if ds_last is not None:
+            given["ds_last"] = ds_last
+        for k, v in given.items():
+            buf = self._inputs[k]
+            if tuple(v.shape) != tuple(buf.shape) or v.dtype != buf.dtype or _backend.name_of(v) != "cupy":
+                raise ValueError(f"{k} must be a CuPy {buf.dtype} array of shape {tuple(buf.shape)} (the captured "
+                                 f"shape), got {_backend.name_of(v)} {v.dtype} {tuple(v.shape)}")
+            buf[...] = v
+        self._graph.launch()
+        return self._graph.outputs

@@ -188,3 +188,37 @@ def test_theory_on_gpu_arrays():
     c_cpu, r_cpu = theory.gersgorin_discs(J_cpu)
     assert rel(centres, c_cpu) < 1e-10 and rel(radii, r_cpu) < 1e-10
     assert np.all(theory.eigenvalues_in_union(J_gpu))
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[2], CONFIGS[4]])
+def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
+    from rhn_np import fast
+
+    T, B = cfg[0], cfg[1]
+    use_masks, use_last = cfg[6], cfg[7]
+    p = _to_gpu(_case(cfg, dtype, seed=0)[0])
+    window = fast.CapturedWindow(p, T, B, masks=use_masks, ds_last=use_last)
+    for call in range(3):  # new inputs each call, and an in-place parameter update between calls
+        _, xs, s0, masks, dys, last = (_to_gpu(a) for a in _case(cfg, dtype, seed=10 + call))
+        ys, grads, dxs, ds0 = window(xs, s0, dys, masks, last)
+        want = _run(p, xs, s0, masks, dys, last, impl="fast")
+        got = {"ys": ys, "dxs": dxs, "ds0": ds0, **{f"d{k}": v for k, v in grads.items()}}
+        for k in want:
+            assert rel(got[k], want[k]) < tol, (call, k, rel(got[k], want[k]))
+        for k in p:
+            p[k] -= 0.01 * grads[k]
+
+
+def test_captured_window_refuses_replaced_params_and_wrong_shapes():
+    from rhn_np import fast
+
+    cfg = CONFIGS[0]
+    p, xs, s0, _, dys, _ = (_to_gpu(a) for a in _case(cfg, "float32"))
+    window = fast.CapturedWindow(p, cfg[0], cfg[1])
+    window(xs, s0, dys)
+    with pytest.raises(ValueError, match="captured"):
+        window(xs[:2], s0, dys)
+    p["R_H"] = p["R_H"] * 1.0
+    with pytest.raises(ValueError, match="replaced"):
+        window(xs, s0, dys)
