@@ -132,6 +132,8 @@ def init_params(
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     if not (isinstance(transform_bias, (int, float)) and math.isfinite(transform_bias)):
         raise ValueError(f"transform_bias must be a finite number, got {transform_bias!r}")
+    if dtype not in _backend.DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
     params = {}
@@ -299,14 +301,19 @@ def _check_params(params):
     for name, shape in param_shapes(n_in, n, depth, coupled).items():
         p = params[name]
         if tuple(p.shape) != shape:
-            raise ValueError(f"params[{name!r}] has shape {tuple(p.shape)}, expected {shape} (n_in={n_in}, n={n}, depth={depth})")
+            raise ValueError(
+                f"params[{name!r}] has shape {tuple(p.shape)}, expected {shape} (n_in={n_in} read from "
+                f"params['W_H'], n={n} and depth={depth} from params['R_H']): all gates must agree"
+            )
         if p.dtype != dtype:
             raise TypeError(f"params[{name!r}] is {p.dtype} but params['R_H'] is {dtype}: use one dtype for all parameters")
     return xp, n_in, n, depth, dtype, coupled
 
 
-def _check_array(xp, name, a, shape, dtype):
+def _check_array(xp, name, a, shape, dtype, required=False):
     if a is None:
+        if required:
+            raise TypeError(f"{name} must be an array of shape {tuple(shape)}, got None")
         return
     if _backend.name_of(a) not in ("numpy", "cupy", "array_api_strict") and not hasattr(a, "__array_namespace__"):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
@@ -352,7 +359,7 @@ def _check_forward_inputs(params, xs, s0, masks):
     if T < 1 or B < 1:
         raise ValueError(f"xs must have T >= 1 steps and B >= 1 rows, got shape {tuple(xs.shape)}")
     _check_array(xp, "xs", xs, (T, B, n_in), dtype)
-    _check_array(xp, "s0", s0, (B, n), dtype)
+    _check_array(xp, "s0", s0, (B, n), dtype, required=True)
     m_x, m_s = _check_masks(xp, masks, B, n_in, n, dtype)
     xp = _backend.namespace(*params.values(), xs, s0, m_x, m_s)  # mixed backends -> TypeError
     _check_finite(xp, "xs", xs)
@@ -470,7 +477,7 @@ def backward(params, cache, dys, ds_last=None):
     T, B, c_n_in, c_n, c_depth, c_coupled, c_dtype = cache["dims"]
     if (c_n_in, c_n, c_depth, c_coupled, c_dtype) != (n_in, n, depth, coupled, dtype):
         raise ValueError("params do not match the ones the cache was made with (shapes, coupling or dtype differ)")
-    _check_array(xp, "dys", dys, (T, B, n), dtype)
+    _check_array(xp, "dys", dys, (T, B, n), dtype, required=True)
     _check_array(xp, "ds_last", ds_last, (B, n), dtype)
     xp = _backend.namespace(*params.values(), dys, ds_last, cache["xs"])
     if cache["impl"] == "fast":

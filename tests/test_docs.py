@@ -20,6 +20,9 @@ def test_equation_links_point_at_their_equations():
             text = (ROOT / path).read_text(encoding="utf-8").splitlines()[int(line) - 1]
             found = {int(n) for n in re.findall(r"Eqs?\. (\d+)", text)}
             found |= {n for lo, hi in re.findall(r"Eqs\. (\d+)-(\d+)", text) for n in range(int(lo), int(hi) + 1)}
-            assert found & numbers, f"{path}:{line} should implement Eq. {sorted(numbers)} but reads: {text.strip()}"
+            assert found & numbers, (
+                f"{path}:{line} should implement Eq. {sorted(numbers)} but reads: {text.strip()!r}; "
+                "run python docs/sync_equation_links.py"
+            )
             checked += 1
     assert checked >= 7

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import BACKENDS, host, on, strict_layer_xfail
+from conftest import BACKENDS, host, on
 from rhn_np import backend, rhn, theory
 
 FD_EPS = 1e-6  # central differences, float64: truncation ~eps², round-off ~1e-16/eps
@@ -428,7 +428,7 @@ def test_rnn_jacobians_across_time_and_norms():
 # ----------------------------------------------------------------------------
 # Backends: Jacobians on the device of the inputs, eigenvalues on the host
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [p if p.id != "strict" else pytest.param("array_api_strict", id="strict", marks=strict_layer_xfail) for p in BACKENDS])
+@pytest.mark.parametrize("name", BACKENDS)
 def test_step_jacobian_on_every_backend(name):
     be = backend.get(name)
     params = rhn.init_params(3, 5, 2, coupled=False, init_scale=0.6, transform_bias=-0.5, seed=2, dtype="float64")
@@ -444,8 +444,7 @@ def test_step_jacobian_on_every_backend(name):
 
 def test_jacobian_from_cache_on_the_strict_backend():
     """theory's own array code is Array-API clean: a NumPy forward cache moved to
-    array-api-strict's fake device gives the same Jacobians (independent of the
-    rhn.forward indexing bug that xfails the test above on that backend)."""
+    array-api-strict's fake device gives the same Jacobians."""
     be = backend.get("array_api_strict")
     for coupled in (True, False):
         params = rhn.init_params(3, 5, 3, coupled=coupled, init_scale=0.6, seed=1, dtype="float64")

@@ -1,0 +1,97 @@
+"""Shared test setup: Hypothesis profiles and the backend matrix.
+
+Hypothesis profile, chosen by the environment variable ``RHN_HYPOTHESIS_PROFILE``:
+
+* ``dev``       few examples, for the edit-test loop (default on a workstation);
+* ``ci``        moderate, the default when the ``CI`` variable is set;
+* ``thorough``  many examples, for a nightly or pre-release run.
+
+Backend matrix (fixture ``be``): NumPy always; array-api-strict on its fake device
+``Device("device1")`` (catches host/device mixing without a GPU); CuPy only where
+:func:`rhn_np.backend.cupy_available` says a GPU is usable, otherwise reported as
+skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+from rhn_np import backend
+
+settings.register_profile("dev", max_examples=10, deadline=None)
+settings.register_profile("ci", max_examples=50, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("RHN_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# ----------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------
+requires_cupy = pytest.mark.skipif(
+    not backend.cupy_available(),
+    reason=f"CuPy with a CUDA GPU is not available ({backend.cupy_unavailable_reason()})",
+)
+requires_fast = pytest.mark.skipif(
+    importlib.util.find_spec("rhn_np.fast") is None,
+    reason="rhn_np.fast (the fused fast path) is not written yet",
+)
+
+BACKENDS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("array_api_strict", id="strict"),
+    pytest.param("cupy", id="cupy", marks=[requires_cupy, pytest.mark.gpu]),
+]
+
+
+# Tests that run the layer itself use this name; it is the same matrix. (Until commit
+# dbf2832 the strict entry carried an xfail for rhn.py's ``b[0]``/``R[l]`` indexing,
+# which the Array API standard does not allow on 2-d/3-d arrays.)
+LAYER_BACKENDS = BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def be(request):
+    """A :class:`rhn_np.backend.Backend` of the matrix (numpy, array_api_strict, cupy)."""
+    return backend.get(request.param)
+
+
+# ----------------------------------------------------------------------------
+# Small helpers for building inputs (host NumPy first: identical numbers everywhere)
+# ----------------------------------------------------------------------------
+def make_inputs(T, B, n_in, n, *, seed=0, masks=False, keep=0.7, s0_scale=0.5):
+    """Host float64 ``xs (T, B, n_in)``, ``s0 (B, n)``, ``dys (T, B, n)``, ``ds_last (B, n)``
+    and, with ``masks=True``, inverted-dropout masks ``{"x": (B, n_in), "s": (B, n)}``."""
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((T, B, n_in))
+    s0 = s0_scale * np.tanh(rng.standard_normal((B, n)))
+    dys = rng.standard_normal((T, B, n))
+    ds_last = rng.standard_normal((B, n))
+    m = None
+    if masks:
+        m = {
+            "x": (rng.random((B, n_in)) < keep) / keep,
+            "s": (rng.random((B, n)) < keep) / keep,
+        }
+    return xs, s0, dys, ds_last, m
+
+
+def on(be, tree, dtype="float64"):
+    """Move a host array, or a dict of them (None kept), to backend ``be``."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: on(be, v, dtype) for k, v in tree.items()}
+    return be.to_device(tree, dtype=dtype)
+
+
+def host(tree):
+    """Inverse of :func:`on`: every array of a dict (or one array) to host NumPy."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: host(v) for k, v in tree.items()}
+    return backend.to_host(tree)

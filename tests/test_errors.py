@@ -1,0 +1,289 @@
+"""Bad inputs fail early with a ValueError/TypeError whose message names the culprit."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import make_inputs, on
+from rhn_np import backend, rhn
+
+T, B, N_IN, N, DEPTH = 3, 2, 4, 5, 2
+
+
+@pytest.fixture
+def layer():
+    """float64 NumPy params (uncoupled: every parameter name exists) and matching inputs."""
+    params = rhn.init_params(N_IN, N, DEPTH, coupled=False, dtype="float64", seed=0)
+    xs, s0, dys, ds_last, masks = make_inputs(T, B, N_IN, N, masks=True)
+    return params, xs, s0, dys, ds_last, masks
+
+
+# ----------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("W_H", (N_IN, N + 1)),  # (N_IN + 1, N) is blamed on W_T: n_in is read off W_H (reported)
+        ("W_T", (N_IN, N + 1)),
+        ("W_C", (N_IN,)),
+        ("R_T", (DEPTH + 1, N, N)),
+        ("R_C", (DEPTH, N, N + 1)),
+        ("b_H", (DEPTH, N + 1)),
+        ("b_T", (DEPTH + 1, N)),
+        ("b_C", (N,)),
+    ],
+)
+def test_param_shape_mismatch_names_the_parameter(layer, name, shape):
+    params, xs, s0, _, _, _ = layer
+    params = dict(params, **{name: np.zeros(shape)})
+    with pytest.raises(ValueError, match=rf"params\['{name}'\]"):
+        rhn.forward(params, xs, s0)
+
+
+@pytest.mark.parametrize("name", ["W_H", "R_T", "b_T"])
+def test_missing_parameter_is_named(layer, name):
+    params, xs, s0, _, _, _ = layer
+    del params[name]
+    with pytest.raises(ValueError, match=rf"missing.*{name}"):
+        rhn.forward(params, xs, s0)
+
+
+def test_params_not_a_dict(layer):
+    params, xs, s0, _, _, _ = layer
+    with pytest.raises(TypeError, match="params must be a dict"):
+        rhn.forward(list(params.values()), xs, s0)
+
+
+@pytest.mark.parametrize(
+    "what,shape,pattern",
+    [
+        ("xs", (T, B, N_IN + 1), r"xs has shape \(3, 2, 5\), expected \(3, 2, 4\)"),
+        ("xs", (B, N_IN), r"xs must have shape \(T, B, n_in\)"),
+        ("xs", (0, B, N_IN), r"xs must have T >= 1"),
+        ("s0", (B, N + 1), r"s0 has shape \(2, 6\), expected \(2, 5\)"),
+        ("s0", (B + 1, N), r"s0 has shape \(3, 5\)"),
+        ("s0", (N,), r"s0 has shape"),
+    ],
+)
+def test_input_shape_mismatch_names_the_input(layer, what, shape, pattern):
+    params, xs, s0, _, _, _ = layer
+    args = {"xs": xs, "s0": s0, what: np.zeros(shape)}
+    with pytest.raises(ValueError, match=pattern):
+        rhn.forward(params, args["xs"], args["s0"])
+
+
+@pytest.mark.parametrize(
+    "masks,pattern",
+    [
+        ({"x": np.ones((B, N))}, r"masks\['x'\] has shape \(2, 5\), expected \(2, 4\)"),
+        ({"s": np.ones((B, N_IN))}, r"masks\['s'\] has shape \(2, 4\), expected \(2, 5\)"),
+        ({"s": np.ones((T, B, N))}, r"masks\['s'\] has shape"),
+        ({"h": np.ones((B, N))}, r"masks must be a dict with keys 'x'.*'s'"),
+        ([np.ones((B, N_IN))], r"masks must be a dict"),
+    ],
+)
+def test_mask_mismatch_names_the_mask(layer, masks, pattern):
+    params, xs, s0, _, _, _ = layer
+    with pytest.raises(ValueError, match=pattern):
+        rhn.forward(params, xs, s0, masks)
+
+
+@pytest.mark.parametrize(
+    "what,shape,pattern",
+    [
+        ("dys", (T - 1, B, N), r"dys has shape \(2, 2, 5\), expected \(3, 2, 5\)"),
+        ("dys", (T, B, N + 1), r"dys has shape"),
+        ("ds_last", (B, N - 1), r"ds_last has shape \(2, 4\), expected \(2, 5\)"),
+        ("ds_last", (T, B, N), r"ds_last has shape"),
+    ],
+)
+def test_gradient_shape_mismatch_names_the_gradient(layer, what, shape, pattern):
+    params, xs, s0, dys, ds_last, _ = layer
+    _, cache = rhn.forward(params, xs, s0)
+    args = {"dys": dys, "ds_last": ds_last, what: np.zeros(shape)}
+    with pytest.raises(ValueError, match=pattern):
+        rhn.backward(params, cache, args["dys"], args["ds_last"])
+
+
+def test_params_different_from_the_cache(layer):
+    params, xs, s0, dys, _, _ = layer
+    _, cache = rhn.forward(params, xs, s0)
+    other = rhn.init_params(N_IN, N + 1, DEPTH, coupled=False, dtype="float64")
+    with pytest.raises(ValueError, match="params do not match the ones the cache was made with"):
+        rhn.backward(other, cache, dys)
+    coupled = rhn.init_params(N_IN, N, DEPTH, coupled=True, dtype="float64")
+    with pytest.raises(ValueError, match="params do not match"):
+        rhn.backward(coupled, cache, dys)
+
+
+# ----------------------------------------------------------------------------
+# Dtypes
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["xs", "s0", "masks['x']", "masks['s']"])
+def test_float32_input_with_float64_params(layer, what):
+    params, xs, s0, _, _, masks = layer
+    args = {"xs": xs, "s0": s0, "masks['x']": masks["x"], "masks['s']": masks["s"]}
+    args[what] = args[what].astype(np.float32)
+    with pytest.raises(TypeError, match=re.escape(what) + " is float32 but the parameters are float64"):
+        rhn.forward(params, args["xs"], args["s0"], {"x": args["masks['x']"], "s": args["masks['s']"]})
+
+
+@pytest.mark.parametrize("what", ["dys", "ds_last"])
+def test_float32_gradient_with_float64_params(layer, what):
+    params, xs, s0, dys, ds_last, _ = layer
+    _, cache = rhn.forward(params, xs, s0)
+    args = {"dys": dys, "ds_last": ds_last}
+    args[what] = args[what].astype(np.float32)
+    with pytest.raises(TypeError, match=rf"{what} is float32 but the parameters are float64"):
+        rhn.backward(params, cache, args["dys"], args["ds_last"])
+
+
+def test_one_parameter_of_another_dtype_is_named(layer):
+    params, xs, s0, _, _, _ = layer
+    params["b_T"] = params["b_T"].astype(np.float32)
+    with pytest.raises(TypeError, match=r"params\['b_T'\] is float32"):
+        rhn.forward(params, xs, s0)
+
+
+def test_integer_params_are_refused(layer):
+    params, xs, s0, _, _, _ = layer
+    params = {k: v.astype(np.int64) for k, v in params.items()}
+    with pytest.raises(TypeError, match="params must be float32 or float64"):
+        rhn.forward(params, xs.astype(np.int64), s0.astype(np.int64))
+
+
+def test_unknown_dtype_name():
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64', got 'float16'"):
+        backend.get("numpy").zeros((2,), "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32"])
+def test_init_params_unknown_dtype(dtype):
+    with pytest.raises(ValueError, match="dtype"):
+        rhn.init_params(2, 3, 1, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------
+def test_numpy_xs_with_strict_params_names_xs_and_both_backends():
+    be = backend.get("array_api_strict")
+    params = rhn.init_params(N_IN, N, DEPTH, dtype="float64", backend=be)
+    xs, s0, _, _, _ = make_inputs(T, B, N_IN, N)
+    with pytest.raises(TypeError, match=r"(?s)xs.*(numpy.*array_api_strict|array_api_strict.*numpy)"):
+        rhn.forward(params, xs, on(be, s0))
+
+
+def test_strict_and_numpy_params_mixed():
+    be = backend.get("array_api_strict")
+    params = rhn.init_params(N_IN, N, DEPTH, dtype="float64")
+    params["R_H"] = on(be, params["R_H"])
+    with pytest.raises(TypeError, match=r"different backends.*to_device"):
+        rhn.fuse_params(params)
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "torch", ""])
+def test_unknown_backend_name(name):
+    with pytest.raises(ValueError, match=rf"unknown backend '{name}'; expected one of 'numpy', 'cupy'"):
+        backend.get(name)
+    with pytest.raises(ValueError, match="unknown backend"):
+        rhn.init_params(2, 3, 1, backend=name)
+
+
+def test_backend_not_a_string():
+    with pytest.raises(TypeError, match="backend must be a string"):
+        backend.get(3)
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="checks the message given where CuPy is unusable")
+def test_cupy_backend_without_a_gpu_says_why():
+    with pytest.raises(RuntimeError, match=r"backend='cupy' is not usable here.*backend='numpy'"):
+        backend.get("cupy")
+
+
+def test_unknown_impl(layer):
+    params, xs, s0, _, _, _ = layer
+    with pytest.raises(ValueError, match=r"impl must be 'auto', 'reference' or 'fast', got 'gpu'"):
+        rhn.forward(params, xs, s0, impl="gpu")
+
+
+def test_fast_impl_refuses_strict_arrays():
+    be = backend.get("array_api_strict")
+    params = rhn.init_params(N_IN, N, DEPTH, dtype="float64", backend=be)
+    xs, s0, _, _, _ = make_inputs(T, B, N_IN, N)
+    with pytest.raises(ValueError, match="impl='fast' needs NumPy or CuPy arrays"):
+        rhn.forward(params, on(be, xs), on(be, s0), impl="fast")
+
+
+# ----------------------------------------------------------------------------
+# init_params arguments
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args,exc,pattern",
+    [
+        ((N_IN, N, 0), ValueError, r"depth must be >= 1, got 0"),
+        ((N_IN, 0, DEPTH), ValueError, r"n must be >= 1, got 0"),
+        ((N_IN, -3, DEPTH), ValueError, r"n must be >= 1, got -3"),
+        ((0, N, DEPTH), ValueError, r"n_in must be >= 1, got 0"),
+        ((N_IN, N, 2.0), TypeError, r"depth must be an integer, got float"),
+        ((N_IN, True, DEPTH), TypeError, r"n must be an integer, got bool"),
+    ],
+)
+def test_init_params_sizes(args, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        rhn.init_params(*args)
+
+
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        ({"init_scale": -0.1}, r"init_scale must be a finite number >= 0"),
+        ({"init_scale": float("nan")}, r"init_scale must be a finite number"),
+        ({"transform_bias": float("inf")}, r"transform_bias must be a finite number"),
+    ],
+)
+def test_init_params_scales(kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        rhn.init_params(N_IN, N, DEPTH, **kw)
+
+
+# ----------------------------------------------------------------------------
+# Values and caches
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["xs", "s0"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_on_numpy(layer, what, bad):
+    params, xs, s0, _, _, _ = layer
+    args = {"xs": xs.copy(), "s0": s0.copy()}
+    args[what].flat[-1] = bad
+    with pytest.raises(ValueError, match=rf"{what} contains NaN or infinity"):
+        rhn.forward(params, args["xs"], args["s0"])
+
+
+@pytest.mark.parametrize("cache", [None, {}, (1, 2), {"S": np.zeros(3)}, "cache"])
+def test_cache_not_from_forward(layer, cache):
+    params, _, _, dys, _, _ = layer
+    with pytest.raises(TypeError, match=r"cache must be the second value returned by rhn.forward"):
+        rhn.backward(params, cache, dys)
+
+
+def test_forward_outputs_passed_in_the_wrong_order(layer):
+    params, xs, s0, dys, _, _ = layer
+    ys, cache = rhn.forward(params, xs, s0)
+    with pytest.raises(TypeError, match="cache must be"):
+        rhn.backward(params, ys, cache)
+
+
+@pytest.mark.parametrize("what", ["s0", "dys"])
+def test_none_for_a_required_array_is_named(layer, what):
+    params, xs, s0, dys, _, _ = layer
+    with pytest.raises((TypeError, ValueError), match=what):
+        if what == "s0":
+            rhn.forward(params, xs, None)
+        else:
+            _, cache = rhn.forward(params, xs, s0)
+            rhn.backward(params, cache, None)
