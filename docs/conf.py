@@ -47,6 +47,7 @@ extensions = [
     "sphinx.ext.napoleon",  # numpy-style docstrings
     "sphinx.ext.viewcode",  # [source] links next to every documented object
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # ships MathJax with the site: equations render offline too
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
