@@ -395,44 +395,68 @@ class _NumpyGateKernels(_StepPlans):
             np.multiply(ds, c, out=carry_out)
 
 
-_CUDA_FORWARD = {
+# The gate maths of one micro-layer in CUDA, written once: device functions that both
+# CuPy variants below call (the ElementwiseKernels and the RawKernels). The formulas are
+# those of rhn.micro_forward / rhn.micro_backward, and are tested against them.
+_CUDA_GATES = r"""
+template <typename T> __device__ __forceinline__ T rhn_sigmoid(T x) {
+    return (T)0.5 * ((T)1 + tanh((T)0.5 * x));          // sigma, no overflow
+}
+template <typename T> __device__ __forceinline__ void rhn_gates_fwd(
+        T aH, T aT, T s_in, T& h, T& t, T& s) {          // coupled: c = 1 - t (Eq. 9)
+    h = tanh(aH);                                        // Eq. 7
+    t = rhn_sigmoid(aT);                                 // Eq. 8
+    s = h * t + s_in * ((T)1 - t);                       // Eq. 6
+}
+template <typename T> __device__ __forceinline__ void rhn_gates_fwd(
+        T aH, T aT, T aC, T s_in, T& h, T& t, T& c, T& s) {
+    h = tanh(aH);                                        // Eq. 7
+    t = rhn_sigmoid(aT);                                 // Eq. 8
+    c = rhn_sigmoid(aC);                                 // Eq. 9
+    s = h * t + s_in * c;                                // Eq. 6
+}
+template <typename T> __device__ __forceinline__ void rhn_gates_bwd(
+        T ds, T s_in, T h, T t, T& daH, T& daT, T& carry) {       // coupled
+    daH = ds * t * ((T)1 - h * h);
+    daT = ds * (h - s_in) * t * ((T)1 - t);
+    carry = ds * ((T)1 - t);
+}
+template <typename T> __device__ __forceinline__ void rhn_gates_bwd(
+        T ds, T s_in, T h, T t, T c, T& daH, T& daT, T& daC, T& carry) {
+    daH = ds * t * ((T)1 - h * h);
+    daT = ds * h * t * ((T)1 - t);
+    daC = ds * s_in * c * ((T)1 - c);
+    carry = ds * c;
+}
+"""
+
+_CUDA_FORWARD = {  # ElementwiseKernel bodies: index, then the shared gate maths
     True: """
     const int b = i / n, j = i % n;
-    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
-    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
-    const T hh = tanh(aH);                              // Eq. 7
-    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));   // Eq. 8, sigma
-    const T s = hh * tt + s_in * ((T)1 - tt);           // Eq. 6 with c = 1 - t
-    h = hh; t = tt; s_out = s; s_tr = s * mask;
+    const T* ab = &a[b * kn]; const T* bb = &bias[b * bias_stride];
+    T s;
+    rhn_gates_fwd<T>(ab[j] + bb[j], ab[n + j] + bb[n + j], s_in, h, t, s);
+    s_out = s; s_tr = s * mask;
     """,
     False: """
     const int b = i / n, j = i % n;
-    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
-    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
-    const T aC = a[b * kn + 2 * n + j] + bias[b * bias_stride + 2 * n + j];
-    const T hh = tanh(aH);
-    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));
-    const T cc = (T)0.5 * ((T)1 + tanh((T)0.5 * aC));   // Eq. 9
-    const T s = hh * tt + s_in * cc;                    // Eq. 6
-    h = hh; t = tt; c = cc; s_out = s; s_tr = s * mask;
+    const T* ab = &a[b * kn]; const T* bb = &bias[b * bias_stride];
+    T s;
+    rhn_gates_fwd<T>(ab[j] + bb[j], ab[n + j] + bb[n + j], ab[2 * n + j] + bb[2 * n + j], s_in, h, t, c, s);
+    s_out = s; s_tr = s * mask;
     """,
 }
 
 _CUDA_BACKWARD = {
     True: """
     const int b = i / n, j = i % n;
-    const T ds = carry_in + g * mask + extra;
-    da[b * kn + j] = ds * t * ((T)1 - h * h);
-    da[b * kn + n + j] = ds * (h - s_in) * t * ((T)1 - t);
-    carry_out = ds * ((T)1 - t);
+    T* db = &da[b * kn];
+    rhn_gates_bwd<T>(carry_in + g * mask + extra, s_in, h, t, db[j], db[n + j], carry_out);
     """,
     False: """
     const int b = i / n, j = i % n;
-    const T ds = carry_in + g * mask + extra;
-    da[b * kn + j] = ds * t * ((T)1 - h * h);
-    da[b * kn + n + j] = ds * h * t * ((T)1 - t);
-    da[b * kn + 2 * n + j] = ds * s_in * c * ((T)1 - c);
-    carry_out = ds * c;
+    T* db = &da[b * kn];
+    rhn_gates_bwd<T>(carry_in + g * mask + extra, s_in, h, t, c, db[j], db[n + j], db[2 * n + j], carry_out);
     """,
 }
 
@@ -452,12 +476,14 @@ class _CupyGateKernels(_StepPlans):
             f"T h, T t{c_out}, T s_out, T s_tr",
             _CUDA_FORWARD[coupled],
             f"rhn_gates_forward_{tag}",
+            preamble=_CUDA_GATES,
         )
         self._bwd = cp.ElementwiseKernel(
             f"T carry_in, T g, T mask, T extra, T s_in, T h, T t{c_in}, int32 n, int32 kn",
             "raw T da, T carry_out",
             _CUDA_BACKWARD[coupled],
             f"rhn_gates_backward_{tag}",
+            preamble=_CUDA_GATES,
         )
         self._zeros = {}
 
@@ -499,11 +525,9 @@ extern "C" __global__ void fwd_coupled(const T* a, const T* bias, int bias_strid
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
     const int b = i / n, j = i % n;
-    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
-    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
-    const T hh = tanh(aH);                              // Eq. 7
-    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));   // Eq. 8
-    const T s = hh * tt + s_in[i] * ((T)1 - tt);        // Eq. 6, c = 1 - t
+    const T* ab = &a[b * kn]; const T* bb = &bias[b * bias_stride];
+    T hh, tt, s;
+    rhn_gates_fwd<T>(ab[j] + bb[j], ab[n + j] + bb[n + j], s_in[i], hh, tt, s);
     h[i] = hh; t[i] = tt; s_out[i] = s; s_tr[i] = s * mask[i];
     if (s_out2) s_out2[i] = s;
 }
@@ -512,13 +536,9 @@ extern "C" __global__ void fwd_uncoupled(const T* a, const T* bias, int bias_str
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= size) return;
     const int b = i / n, j = i % n;
-    const T aH = a[b * kn + j] + bias[b * bias_stride + j];
-    const T aT = a[b * kn + n + j] + bias[b * bias_stride + n + j];
-    const T aC = a[b * kn + 2 * n + j] + bias[b * bias_stride + 2 * n + j];
-    const T hh = tanh(aH);
-    const T tt = (T)0.5 * ((T)1 + tanh((T)0.5 * aT));
-    const T cc = (T)0.5 * ((T)1 + tanh((T)0.5 * aC));   // Eq. 9
-    const T s = hh * tt + s_in[i] * cc;                 // Eq. 6
+    const T* ab = &a[b * kn]; const T* bb = &bias[b * bias_stride];
+    T hh, tt, cc, s;
+    rhn_gates_fwd<T>(ab[j] + bb[j], ab[n + j] + bb[n + j], ab[2 * n + j] + bb[2 * n + j], s_in[i], hh, tt, cc, s);
     h[i] = hh; t[i] = tt; c[i] = cc; s_out[i] = s; s_tr[i] = s * mask[i];
     if (s_out2) s_out2[i] = s;
 }
@@ -528,10 +548,8 @@ extern "C" __global__ void bwd_coupled(const T* carry_in, const T* g, const T* m
     if (i >= size) return;
     const int b = i / n, j = i % n;
     const T ds = carry_in[i] + g[i] * mask[i] + (extra ? extra[i] : (T)0);
-    const T hh = h[i], tt = t[i];
-    da[b * kn + j] = ds * tt * ((T)1 - hh * hh);
-    da[b * kn + n + j] = ds * (hh - s_in[i]) * tt * ((T)1 - tt);
-    carry_out[i] = ds * ((T)1 - tt);
+    T* db = &da[b * kn];
+    rhn_gates_bwd<T>(ds, s_in[i], h[i], t[i], db[j], db[n + j], carry_out[i]);
 }
 extern "C" __global__ void bwd_uncoupled(const T* carry_in, const T* g, const T* mask, const T* extra,
         const T* s_in, const T* h, const T* t, const T* c, T* da, T* carry_out, int size, int n, int kn) {
@@ -539,11 +557,8 @@ extern "C" __global__ void bwd_uncoupled(const T* carry_in, const T* g, const T*
     if (i >= size) return;
     const int b = i / n, j = i % n;
     const T ds = carry_in[i] + g[i] * mask[i] + (extra ? extra[i] : (T)0);
-    const T hh = h[i], tt = t[i], cc = c[i];
-    da[b * kn + j] = ds * tt * ((T)1 - hh * hh);
-    da[b * kn + n + j] = ds * hh * tt * ((T)1 - tt);
-    da[b * kn + 2 * n + j] = ds * s_in[i] * cc * ((T)1 - cc);
-    carry_out[i] = ds * cc;
+    T* db = &da[b * kn];
+    rhn_gates_bwd<T>(ds, s_in[i], h[i], t[i], c[i], db[j], db[n + j], db[2 * n + j], carry_out[i]);
 }
 """
 
@@ -620,7 +635,7 @@ class _CupyRawKernels(_StepPlans):
         tag = "coupled" if coupled else "uncoupled"
         self._fn = {}
         for ctype, dt in (("float", np.float32), ("double", np.float64)):
-            mod = cp.RawModule(code=f"typedef {ctype} T;\n" + _RAW_SOURCE, options=("--std=c++11",))
+            mod = cp.RawModule(code=_CUDA_GATES + f"typedef {ctype} T;\n" + _RAW_SOURCE, options=("--std=c++11",))
             self._fn[np.dtype(dt)] = (mod.get_function(f"fwd_{tag}"), mod.get_function(f"bwd_{tag}"))
 
     def _gemm_setup(self, dtype):

@@ -85,12 +85,7 @@ HEAD_KEYS = ("E", "W_out", "b_out")  # the keys that are not the RHN layer's
 # ----------------------------------------------------------------------------
 # Parameters
 # ----------------------------------------------------------------------------
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+_check_int = rhn._positive_int  # one integer check for the whole package
 
 
 def _uniform(rng, be, shape, init_scale, dtype):
