@@ -14,7 +14,6 @@ skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -34,10 +33,6 @@ settings.load_profile(os.environ.get("RHN_HYPOTHESIS_PROFILE", "ci" if os.enviro
 requires_cupy = pytest.mark.skipif(
     not backend.cupy_available(),
     reason=f"CuPy with a CUDA GPU is not available ({backend.cupy_unavailable_reason()})",
-)
-requires_fast = pytest.mark.skipif(
-    importlib.util.find_spec("rhn_np.fast") is None,
-    reason="rhn_np.fast (the fused fast path) is not written yet",
 )
 
 BACKENDS = [

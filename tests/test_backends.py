@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import BACKENDS, host, make_inputs, on, requires_cupy, requires_fast
+from conftest import BACKENDS, host, make_inputs, on, requires_cupy
 from rhn_np import backend, gradcheck, rhn
 
 EXACT = 1e-12
@@ -208,7 +208,6 @@ def test_cupy_gradients_match_central_differences(coupled):
 # ----------------------------------------------------------------------------
 # The fast path on NumPy against the reference
 # ----------------------------------------------------------------------------
-@requires_fast
 @pytest.mark.parametrize("coupled,use_masks,use_ds_last", GRID)
 def test_numpy_fast_matches_reference(coupled, use_masks, use_ds_last):
     be = backend.get("numpy")
@@ -217,7 +216,6 @@ def test_numpy_fast_matches_reference(coupled, use_masks, use_ds_last):
     assert_layer_close(out, reference(*args), EXACT)
 
 
-@requires_fast
 @given(data=st.data())
 def test_numpy_fast_matches_reference_drawn(data):
     kw = dict(
@@ -237,7 +235,6 @@ def test_numpy_fast_matches_reference_drawn(data):
     assert_layer_close(out, reference(*args), EXACT)
 
 
-@requires_fast
 def test_numpy_fast_leaves_its_inputs_alone_and_same_cache_size():
     be = backend.get("numpy")
     p = rhn.init_params(3, 4, 2, coupled=False, init_scale=0.5, seed=6, dtype="float64")
