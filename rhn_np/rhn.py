@@ -384,6 +384,12 @@ def step_forward(params, x, s_prev, masks=None):
     -------
     s : (B, n) the new state ``y_t = s[L]``
     cache : dict for :func:`step_backward`
+
+    This is :func:`forward` on a window of one step, so the step and the sequence share
+    every line: the loop over micro-layers that both run is ``_step_forward`` below
+    (one matrix product and :func:`micro_forward` per micro-layer), and
+    :func:`step_backward` runs ``_step_backward`` (:func:`micro_backward`, then the
+    gradient through the transforms, micro-layer L down to 1).
     """
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
@@ -419,6 +425,11 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     ys : (T, B, n) the last micro-layer's state at each step
     cache : dict holding what :func:`backward` needs: per step and micro-layer the
         input state, h and t (and c), i.e. (3 or 4)·L·T·B·n numbers; no weights.
+        Its layout is public (``rhn_np.theory`` reads the gate values from it):
+        ``cache["S"]``, ``cache["H"]``, ``cache["T"]`` and, uncoupled, ``cache["C"]``
+        are (L, T, B, n) arrays with ``S[l, t]`` the input state of micro-layer l + 1
+        at step t, and ``H[l, t]``, ``T[l, t]``, ``C[l, t]`` its gate values;
+        ``cache["m_x"]``, ``cache["m_s"]`` are the masks (or None).
     """
     xp, dims, m_x, m_s = _check_forward_inputs(params, xs, s0, masks)
     if _pick_impl(impl, xs) == "fast":
