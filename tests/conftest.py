@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import settings, strategies as st
 
 from rhn_np import backend
 
@@ -72,6 +72,33 @@ def make_inputs(T, B, n_in, n, *, seed=0, masks=False, keep=0.7, s0_scale=0.5):
             "s": (rng.random((B, n)) < keep) / keep,
         }
     return xs, s0, dys, ds_last, m
+
+
+def draw_layer(data, *, masks=None, ds_last=None, T_max=5, B_max=3, n_in_max=5, n_max=6, depth_max=4,
+               init_scale=(0.1, 1.0), transform_bias=(-2.0, 2.0)):
+    """Draw a layer configuration (labelled draws) and build float64 host inputs for it.
+
+    Returns ``params, xs, s0, dys, ds_last_or_None, masks_or_None``. ``masks`` /
+    ``ds_last`` force the option on or off; None draws it. The default ranges keep
+    gates out of saturation everywhere, so central differences stay accurate.
+    """
+    T = data.draw(st.integers(1, T_max), label="T")
+    B = data.draw(st.integers(1, B_max), label="B")
+    n_in = data.draw(st.integers(1, n_in_max), label="n_in")
+    n = data.draw(st.integers(1, n_max), label="n")
+    depth = data.draw(st.integers(1, depth_max), label="depth")
+    coupled = data.draw(st.booleans(), label="coupled")
+    use_masks = data.draw(st.booleans(), label="masks") if masks is None else masks
+    use_ds_last = data.draw(st.booleans(), label="ds_last") if ds_last is None else ds_last
+    scale = data.draw(st.floats(*init_scale), label="init_scale")
+    bias = data.draw(st.floats(*transform_bias), label="transform_bias")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    from rhn_np import rhn
+
+    params = rhn.init_params(n_in, n, depth, coupled=coupled, init_scale=scale, transform_bias=bias, seed=seed,
+                             dtype="float64")
+    xs, s0, dys, ds_last_arr, m = make_inputs(T, B, n_in, n, seed=seed, masks=use_masks)
+    return params, xs, s0, dys, (ds_last_arr if use_ds_last else None), m
 
 
 def on(be, tree, dtype="float64"):

@@ -10,31 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import BACKENDS, LAYER_BACKENDS, make_inputs, on
+from conftest import BACKENDS, LAYER_BACKENDS, draw_layer, make_inputs, on
 from rhn_np import backend, gradcheck, rhn
 
 GRAD_TOL = 1e-6  # central differences, float64, h = 1e-5
 EXACT = 1e-12  # two float64 computations of the same sum in a different grouping
-
-
-def draw_layer(data, *, masks=None, ds_last=None):
-    """Draw a small configuration (labelled) and build float64 host inputs for it."""
-    T = data.draw(st.integers(1, 5), label="T")
-    B = data.draw(st.integers(1, 3), label="B")
-    n_in = data.draw(st.integers(1, 5), label="n_in")
-    n = data.draw(st.integers(1, 6), label="n")
-    depth = data.draw(st.integers(1, 4), label="depth")
-    coupled = data.draw(st.booleans(), label="coupled")
-    use_masks = data.draw(st.booleans(), label="masks") if masks is None else masks
-    use_ds_last = data.draw(st.booleans(), label="ds_last") if ds_last is None else ds_last
-    init_scale = data.draw(st.floats(0.1, 1.0), label="init_scale")
-    transform_bias = data.draw(st.floats(-2.0, 2.0), label="transform_bias")
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    params = rhn.init_params(
-        n_in, n, depth, coupled=coupled, init_scale=init_scale, transform_bias=transform_bias, seed=seed, dtype="float64"
-    )
-    xs, s0, dys, ds_last_arr, m = make_inputs(T, B, n_in, n, seed=seed, masks=use_masks)
-    return params, xs, s0, dys, (ds_last_arr if use_ds_last else None), m
 
 
 # ----------------------------------------------------------------------------
