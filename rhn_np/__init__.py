@@ -9,6 +9,8 @@ lm         language-model pieces: embedding, dropout masks, softmax, losses
 optim      gradient clipping, SGD with the authors' L2 term, Adam
 gradcheck  numerical gradient checkers used by the tests and notebooks
 checkpoint atomic .npz checkpoints, read without pickle
+data       the data sets (PTB, PTB-char, text8, enwik8, JSB, pydoc): files, downloads, checksums
+train      batching, the authors' training recipe, evaluation, sampling, runs on disk
 theory     temporal Jacobians, Gersgorin discs, spectra (the paper's Sections 3-4)
 plots      matplotlib helpers for the theory figures
 cli        the ``rhn-np`` command line

@@ -1,0 +1,940 @@
+r"""Training RHN language models: batching, the authors' recipe, evaluation, checkpoints.
+
+The training step is the authors' (TensorFlow ``rhn.py``, paper §5.2; see
+:mod:`rhn_np.optim`), written with this package's functions::
+
+    masks        = lm.draw_masks(rng, x, ...)                    # once per window
+    loss, g, s   = lm.lm_loss_and_grads(params, x, y, s, masks)  # Σ over time, mean over batch
+    g            = optim.add_l2_gradient(g, params, wd)          # ½·wd·Σw² in the cost
+    g, norm      = optim.clip_global_norm(g, clip)               # global norm 10
+    opt.step(params, g)                                          # SGD, lr 0.2
+    opt.lr       = optim.lr_at_epoch(epoch, lr, max_epoch, lr_decay)
+
+**Batching** (:class:`TokenBatches`, the authors' ``ptb_iterator``): the token stream
+is cut into ``batch_size`` contiguous rows of ``L = len // batch_size`` tokens; window
+``i`` of an epoch is columns ``[i·T, (i+1)·T)`` of the rows (inputs) and the same
+shifted by one (targets), ``(L - 1) // T`` windows per epoch. The state is carried
+from window to window and reset to zeros at the start of every epoch. Variable-length
+sequences (JSB chorales) go in :class:`SequenceBatches`: shuffled each epoch, padded to
+the longest sequence of the batch, with a step mask that removes the padding from the
+loss; every batch starts from a zero state.
+
+**Evaluation** (:func:`evaluate`) runs with dropout off over a whole split with the
+same row layout, the state carried over the split and the last, shorter window
+included, so every target of the rows is scored. ``batch_size=1`` is the authors'
+reported figure (one row, the whole split in order). Perplexity = ``exp(nll)``, bits
+per character = ``nll / ln 2``, ``nll`` in nats per token.
+
+**A run** (:func:`train`) lives in a work folder::
+
+    metrics.jsonl        one JSON line per evaluation (and one per training interval)
+    checkpoint.npz       the latest state: parameters, optimiser, carried state, RNG
+    best.npz             the parameters with the best validation NLL so far
+    learning_curve.png   training and validation NLL against steps
+
+A checkpoint holds everything needed to continue bit for bit: resuming after step 100
+and training to step 200 gives the same parameters and metrics as 200 steps in one go
+(on the CPU). Ctrl+C saves a checkpoint before stopping; a non-finite loss stops the
+run with :class:`TrainingDiverged` and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from . import backend as _backend
+from . import checkpoint as _checkpoint
+from . import data as _data
+from . import lm, optim
+
+__all__ = [
+    "Config",
+    "PRESETS",
+    "config_from_preset",
+    "lr_at_step",
+    "init_model",
+    "TokenBatches",
+    "SequenceBatches",
+    "Trainer",
+    "TrainingDiverged",
+    "train",
+    "evaluate",
+    "evaluate_dataset",
+    "sample",
+    "load_run",
+    "dataset_for_sampling",
+    "read_metrics",
+    "plot_learning_curve",
+]
+
+TRAINER_FORMAT = "rhn_np-run"
+TRAINER_VERSION = 1
+LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------
+# Configuration and presets
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Config:
+    """Every setting of a run. Field names follow the paper and the authors' configs.
+
+    The defaults are the ``demo`` preset's; see :data:`PRESETS` for the paper's.
+
+    Model: ``depth`` (recurrence depth L), ``hidden`` (units n), ``emb`` (embedding
+    width; ``None``: ``hidden`` when tied, the vocabulary size at character level as
+    in the paper, else ``hidden``), ``tied`` (weight tying), ``coupled`` (c = 1 - t),
+    ``transform_bias`` (initial b_T), ``init_scale`` (U(±init_scale) init).
+    Dropout is given as *drop* probabilities, as in the authors' configs.
+    ``lr_schedule="epoch"`` is the authors': ``max_epoch`` epochs at the constant ``lr``,
+    then ÷ ``lr_decay`` per epoch (:func:`rhn_np.optim.lr_at_epoch`). ``"cosine"``
+    (used by the short ``demo`` runs) follows :func:`lr_at_step`: half a cosine from
+    ``lr`` down to ``lr / 20`` over ``decay_steps`` steps, then constant. Both depend
+    only on the step count and fixed settings, so a resumed run follows the same
+    schedule whatever its ``max_steps``.
+    ``epochs``/``max_steps``/``time_limit`` (minutes): whichever ends the run first.
+    ``eval_every``: steps between validations (``None``: once per epoch); the run
+    always ends with one.
+    """
+
+    dataset: str = "pydoc"
+    data_dir: str | None = None
+    depth: int = 3
+    hidden: int = 128
+    emb: int | None = None
+    tied: bool = False
+    coupled: bool = True
+    transform_bias: float = -2.0
+    init_scale: float = 0.04
+    batch_size: int = 32
+    bptt: int = 50
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"
+    lr_decay: float = 1.0
+    max_epoch: int = 1_000_000
+    decay_steps: int = 4000
+    epochs: int = 1_000_000
+    max_steps: int | None = 4000
+    time_limit: float | None = None
+    clip: float = 10.0
+    weight_decay: float = 0.0
+    drop_x: float = 0.0
+    drop_i: float = 0.0
+    drop_h: float = 0.0
+    drop_o: float = 0.0
+    eval_every: int | None = 1000
+    eval_batch_size: int = 32
+    log_every: int = 10
+    seed: int = 0
+    backend: str = "numpy"
+    dtype: str = "float32"
+
+    def check(self) -> Config:
+        """Validate every field; raises ``ValueError`` naming the bad one."""
+        positive = ("depth", "hidden", "batch_size", "bptt", "epochs", "max_epoch", "eval_batch_size", "log_every",
+                    "decay_steps")
+        for name in positive:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("max_steps", "eval_every", "emb"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        for name in ("drop_x", "drop_i", "drop_h", "drop_o"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                raise ValueError(f"{name} is a drop probability and must lie in [0, 1), got {v!r}")
+        for name, lo in (("lr", 0.0), ("clip", 0.0), ("init_scale", 0.0)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > lo):
+                raise ValueError(f"{name} must be a finite number > {lo}, got {v!r}")
+        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay >= 1.0):
+            raise ValueError(f"lr_decay divides the learning rate each epoch after max_epoch and must be >= 1, got {self.lr_decay!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0.0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit is in minutes and must be > 0, got {self.time_limit!r}")
+        if self.lr_schedule not in ("epoch", "cosine"):
+            raise ValueError(f"lr_schedule must be 'epoch' (the authors') or 'cosine', got {self.lr_schedule!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.backend not in ("numpy", "cupy", "auto", "array_api_strict"):
+            raise ValueError(f"backend must be 'numpy', 'cupy' or 'auto', got {self.backend!r}")
+        if self.tied and self.emb is not None and self.emb != self.hidden:
+            raise ValueError(f"weight tying needs emb == hidden, got emb={self.emb}, hidden={self.hidden}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+_PTB_SOTA = dict(
+    dataset="ptb", depth=10, hidden=830, emb=None, tied=True, transform_bias=-2.0, init_scale=0.04,
+    batch_size=20, bptt=35, optimizer="sgd", lr=0.2, lr_schedule="epoch", lr_decay=1.02, max_epoch=20, epochs=500,
+    max_steps=None, clip=10.0, weight_decay=1e-7, drop_x=0.25, drop_i=0.75, drop_h=0.25, drop_o=0.75,
+    eval_every=None, eval_batch_size=20,
+)
+_CHAR_SOTA = dict(
+    depth=10, hidden=1500, emb=None, tied=False, transform_bias=-4.0, init_scale=0.04,
+    batch_size=128, bptt=50, optimizer="sgd", lr=0.2, lr_schedule="epoch", lr_decay=1.03, max_epoch=5, epochs=500,
+    max_steps=None, clip=10.0, weight_decay=1e-7, drop_x=0.10, drop_i=0.40, drop_h=0.10, drop_o=0.40,
+    eval_every=None, eval_batch_size=128,
+)
+
+#: Named configurations. ``ptb_sota``, ``enwik8_sota`` and ``text8_sota`` are the
+#: authors' exact settings (their TF configs, paper §5.2); ``jsb`` is ours (the paper
+#: gives no recipe for JSB, only a random search); ``demo`` trains a small character
+#: model on the embedded ``pydoc`` corpus in about three minutes on two CPU cores
+#: (Adam with a cosine decay: fast early progress, which short runs need).
+PRESETS: dict[str, dict] = {
+    "demo": dict(
+        dataset="pydoc", depth=3, hidden=128, emb=None, tied=False, transform_bias=-2.0,
+        batch_size=32, bptt=50, optimizer="adam", lr=1e-2, lr_schedule="cosine", decay_steps=4000,
+        max_steps=4000, clip=10.0, weight_decay=0.0, drop_x=0.0, drop_i=0.0, drop_h=0.0, drop_o=0.0,
+        eval_every=1000, eval_batch_size=32,
+    ),
+    "ptb_sota": _PTB_SOTA,
+    "enwik8_sota": dict(_CHAR_SOTA, dataset="enwik8"),
+    "text8_sota": dict(_CHAR_SOTA, dataset="text8"),
+    "jsb": dict(
+        dataset="jsb", depth=6, hidden=128, emb=None, tied=False, transform_bias=-2.0,
+        batch_size=16, bptt=200, optimizer="adam", lr=1e-3, lr_schedule="epoch", lr_decay=1.0, epochs=100, max_steps=None,
+        clip=10.0, weight_decay=0.0, drop_x=0.0, drop_i=0.2, drop_h=0.0, drop_o=0.2,
+        eval_every=None, eval_batch_size=16,
+    ),
+}
+
+
+def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05) -> float:
+    """Cosine decay: ``lr · (r + (1 - r) · ½ (1 + cos(π · min(step, D) / D)))``, ``r = final_ratio``.
+
+    ``lr`` at step 0, ``lr · r`` from step ``D = decay_steps`` on.
+    """
+    frac = min(max(int(step), 0), int(decay_steps)) / int(decay_steps)
+    return lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def config_from_preset(preset: str = "demo", **overrides) -> Config:
+    """A :class:`Config` from a preset name, with ``overrides`` (``None`` values ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    fields = dict(PRESETS[preset])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return Config.from_dict(fields).check()
+
+
+# ----------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------
+class TokenBatches:
+    """The authors' layout of a token stream for truncated BPTT (``ptb_iterator``).
+
+    ``rows = stream[: B·L].reshape(B, L)`` with ``L = len(stream) // B``; window ``i``
+    is ``x = rows[:, i·T : (i+1)·T]`` and ``y = rows[:, i·T+1 : (i+1)·T+1]``,
+    returned time-major as ``(T, B)`` host arrays. ``len(self)`` = ``(L - 1) // T``
+    windows per epoch (the tail that does not fill a window is left out in training;
+    :meth:`all_windows` adds it as a shorter last window, for evaluation).
+    """
+
+    def __init__(self, stream, batch_size: int, bptt: int):
+        stream = np.asarray(stream)
+        if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
+            raise ValueError(f"the token stream must be a 1-D integer array, got {stream.dtype} {stream.shape}")
+        self.batch_size, self.bptt = int(batch_size), int(bptt)
+        L = len(stream) // self.batch_size
+        if L < 2:
+            raise ValueError(
+                f"a stream of {len(stream)} tokens cannot fill {self.batch_size} rows of at least 2 tokens; "
+                "use a smaller batch size")
+        self.rows = np.ascontiguousarray(stream[: self.batch_size * L].reshape(self.batch_size, L))
+        self.n_windows = (L - 1) // self.bptt
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def window(self, i: int):
+        """Inputs and targets of window ``i``: two ``(T, B)`` host arrays."""
+        T = self.bptt
+        x = self.rows[:, i * T: (i + 1) * T]
+        y = self.rows[:, i * T + 1: (i + 1) * T + 1]
+        return np.ascontiguousarray(x.T), np.ascontiguousarray(y.T)
+
+    def all_windows(self):
+        """Every window of the rows in order, the last one possibly shorter: all targets."""
+        L = self.rows.shape[1]
+        for start in range(0, L - 1, self.bptt):
+            stop = min(start + self.bptt, L - 1)
+            yield (np.ascontiguousarray(self.rows[:, start:stop].T),
+                   np.ascontiguousarray(self.rows[:, start + 1: stop + 1].T))
+
+
+class SequenceBatches:
+    """Padded, masked batches of variable-length sequences (JSB piano rolls).
+
+    Each batch holds ``batch_size`` sequences (the last one fewer), padded with zeros to
+    the longest: ``x = roll[:-1]``, ``y = roll[1:]`` (next-frame prediction) as
+    ``(T, B, K)`` arrays and a ``(T, B)`` step mask, 1 on real steps. The order is
+    shuffled every epoch with the run's generator (:meth:`order`).
+    """
+
+    def __init__(self, sequences, batch_size: int):
+        if not sequences:
+            raise ValueError("no sequences to batch")
+        for j, s in enumerate(sequences):
+            if np.ndim(s) != 2 or len(s) < 2:
+                raise ValueError(f"sequence {j} must be a (T_i >= 2, K) array, got shape {np.shape(s)}")
+        self.sequences = [np.asarray(s) for s in sequences]
+        self.batch_size = int(batch_size)
+        self.n_windows = -(-len(self.sequences) // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def order(self, rng: np.random.Generator | None):
+        """A permutation of the sequences (identity without a generator)."""
+        n = len(self.sequences)
+        return np.arange(n) if rng is None else rng.permutation(n)
+
+    def window(self, i: int, order):
+        """Batch ``i`` under ``order``: ``(x (T, B, K), y (T, B, K), step_mask (T, B))``."""
+        idx = order[i * self.batch_size: (i + 1) * self.batch_size]
+        seqs = [self.sequences[j] for j in idx]
+        T = max(len(s) for s in seqs) - 1
+        K = seqs[0].shape[1]
+        x = np.zeros((T, len(seqs), K), np.float64)
+        y = np.zeros((T, len(seqs), K), np.float64)
+        mask = np.zeros((T, len(seqs)), np.float64)
+        for b, s in enumerate(seqs):
+            t = len(s) - 1
+            x[:t, b] = s[:-1]
+            y[:t, b] = s[1:]
+            mask[:t, b] = 1.0
+        return x, y, mask
+
+
+# ----------------------------------------------------------------------------
+# Models, evaluation and sampling
+# ----------------------------------------------------------------------------
+def _emb_width(cfg: Config, ds) -> int:
+    if cfg.emb is not None:
+        return cfg.emb
+    if cfg.tied:
+        return cfg.hidden
+    return ds.vocab_size if ds.level == "char" else cfg.hidden
+
+
+def init_model(cfg: Config, ds, backend=None):
+    """Initial parameters for ``cfg`` on data set ``ds`` (word/char or piano-roll model)."""
+    be = _backend.get(backend if backend is not None else cfg.backend)
+    common = dict(coupled=cfg.coupled, transform_bias=cfg.transform_bias, init_scale=cfg.init_scale,
+                  seed=cfg.seed, dtype=cfg.dtype, backend=be)
+    if ds.kind == "piano_roll":
+        return lm.init_dense_params(88, cfg.hidden, cfg.depth, **common)
+    return lm.init_lm_params(ds.vocab_size, _emb_width(cfg, ds), cfg.hidden, cfg.depth, tied=cfg.tied, **common)
+
+
+def _metrics(nll: float, level: str) -> dict:
+    if level == "frame":  # JSB: NLL per time step summed over keys; no perplexity
+        return {"nll": nll, "ppl": None, "bpc": None}
+    return {"nll": nll, "ppl": math.exp(min(nll, 700.0)), "bpc": nll / LN2}
+
+
+def _float_name(x) -> str:
+    """'float32' or 'float64': the dtype of ``x`` by name, for :func:`rhn_np.backend.to_device`."""
+    xp = _backend.namespace(x)
+    return "float64" if x.dtype == xp.float64 else "float32"
+
+
+def _hidden_of(params) -> int:
+    return int(params["R_H"].shape[1])
+
+
+def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str = "word", progress=None) -> dict:
+    """Dropout-off NLL of a token stream: ``{"nll", "ppl", "bpc", "n_tokens"}``.
+
+    The stream is laid out in ``batch_size`` rows (:class:`TokenBatches`); the state is
+    carried over all windows, the last shorter window included. ``batch_size=1`` is the
+    authors' reported evaluation (one pass over the split in order).
+    """
+    xp = _backend.namespace(params["E"])
+    dev = _backend.device_of(params["E"])
+    be = _backend.Backend(_backend.name_of(params["E"]), xp, dev)
+    batches = TokenBatches(stream, batch_size, bptt)
+    s = xp.zeros((batch_size, _hidden_of(params)), dtype=params["E"].dtype, device=dev)
+    total = None
+    n_tokens = 0
+    for x, y in batches.all_windows():
+        nll, s = lm.lm_nll(params, be.to_device(x), be.to_device(y), s)  # (T, B)
+        part = xp.sum(xp.astype(nll, xp.float64))
+        total = part if total is None else total + part
+        n_tokens += x.size
+        if progress is not None:
+            progress(x.size)
+    value = float(total) / n_tokens  # the one host sync of the evaluation
+    return {**_metrics(value, level), "n_tokens": n_tokens}
+
+
+def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
+    """Dropout-off NLL per time step (summed over the 88 keys) of piano rolls."""
+    xp = _backend.namespace(params["W_out"])
+    dev = _backend.device_of(params["W_out"])
+    be = _backend.Backend(_backend.name_of(params["W_out"]), xp, dev)
+    dtype = params["W_out"].dtype
+    dname = _float_name(params["W_out"])
+    batches = SequenceBatches(sequences, batch_size)
+    order = batches.order(None)
+    total, n_steps = None, 0.0
+    for i in range(len(batches)):
+        x, y, mask = batches.window(i, order)
+        xd, yd, md = (be.to_device(a, dtype=dname) for a in (x, y, mask))
+        s0 = xp.zeros((x.shape[1], _hidden_of(params)), dtype=dtype, device=dev)
+        logits, _ = lm.dense_logits(params, xd, s0)
+        loss, _ = lm.sigmoid_bernoulli_nll(logits, yd, md)
+        part = loss * x.shape[1]
+        total = part if total is None else total + part
+        n_steps += float(mask.sum())
+    value = float(total) / n_steps
+    return {**_metrics(value, "frame"), "n_tokens": int(n_steps)}
+
+
+def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, bptt: int = 50, progress=None) -> dict:
+    """:func:`evaluate` (token data) or :func:`evaluate_sequences` (JSB) on ``ds.<split>``."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+    part = getattr(ds, split)
+    if ds.kind == "piano_roll":
+        return evaluate_sequences(params, part, batch_size=batch_size)
+    return evaluate(params, part, batch_size=batch_size, bptt=bptt, level=ds.level, progress=progress)
+
+
+def _start_symbol(ds, rng) -> int:
+    """The end-of-line symbol (a sample then starts like a new line), else a random one."""
+    for sym in ("<eos>", "\n"):
+        if sym in ds.vocab:
+            return list(ds.vocab).index(sym)
+    return int(rng.integers(ds.vocab_size))
+
+
+def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: str | None = None, seed: int = 0) -> str:
+    """Generate text from a word/char model: prime the state, then draw ``length`` symbols.
+
+    Each symbol is drawn from ``softmax(logits / temperature)`` (host generator
+    ``seed``) and fed back as the next input. Returns the prime followed by the sample,
+    decoded by ``ds.decode``.
+    """
+    if ds.kind != "tokens":
+        raise ValueError("sampling needs a word or character model; JSB piano-roll models have no text to sample")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    length = lm._check_int("length", length)
+    xp = _backend.namespace(params["E"])
+    dev = _backend.device_of(params["E"])
+    be = _backend.Backend(_backend.name_of(params["E"]), xp, dev)
+    rng = _backend.host_rng(seed)
+    ids = list(ds.encode(prime)) if prime else []
+    if not ids:  # start after an end of line, like a new sentence / paragraph
+        seed_ids, out = [_start_symbol(ds, rng)], []
+    else:
+        seed_ids, out = ids, list(ids)
+    s = xp.zeros((1, _hidden_of(params)), dtype=params["E"].dtype, device=dev)
+    logits, s = lm.lm_logits(params, be.to_device(np.asarray(seed_ids, np.int64)[:, None]), s)
+    for _ in range(length):
+        z = _backend.to_host(logits[-1, 0, :]).astype(np.float64) / temperature  # (V,)
+        p = np.exp(z - z.max())
+        nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(nxt)
+        logits, s = lm.lm_logits(params, be.to_device(np.asarray([[nxt]], np.int64)), s)
+    return ds.decode(np.asarray(out, np.int64))
+
+
+# ----------------------------------------------------------------------------
+# Metrics file and learning curve
+# ----------------------------------------------------------------------------
+def read_metrics(work_dir) -> list[dict]:
+    """The records of ``work_dir/metrics.jsonl`` (empty list when there is none)."""
+    path = os.path.join(os.fspath(work_dir), "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _append_metrics(work_dir, record: dict) -> None:
+    with open(os.path.join(work_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def plot_learning_curve(work_dir, path=None) -> str:
+    """Plot training and validation NLL (bits per char at char level) against steps."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    work_dir = os.fspath(work_dir)
+    records = read_metrics(work_dir)
+    level = next((r.get("level") for r in records if r.get("level")), "word")
+    unit, scale = ("bits per character", 1.0 / LN2) if level == "char" else (
+        ("NLL per time step (nats)", 1.0) if level == "frame" else ("NLL per token (nats)", 1.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    for split, style in (("train", "-"), ("valid", "o-")):
+        pts = [(r["step"], r["nll"] * scale) for r in records if r.get("split") == split and r.get("nll") is not None]
+        if pts:
+            # A resumed run re-logs nothing, but keep only the last record per step.
+            d = dict(pts)
+            steps = sorted(d)
+            label = "train (mean since the previous point)" if split == "train" else "valid (dropout off)"
+            ax.plot(steps, [d[k] for k in steps], style, label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(unit)
+    ax.set_title(f"learning curve: {os.path.basename(os.path.abspath(work_dir))}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = os.path.join(work_dir, "learning_curve.png") if path is None else os.fspath(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------
+class _DeferredInterrupt:
+    """Ctrl+C during training: finish the current step, then stop cleanly.
+
+    The first SIGINT sets :attr:`requested` (the loop saves a checkpoint and stops
+    after the step in progress, so parameters and optimiser are never half updated);
+    a second one interrupts at once. Only active in the main thread.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl+C: stopping after this step and saving a checkpoint (press again to abort at once)",
+              flush=True)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunError(ValueError):
+    """A work folder that cannot be used as asked (e.g. --resume without a checkpoint)."""
+
+
+def _flatten_opt(opt) -> tuple[dict, dict]:
+    """Optimiser state -> (numbers for the metadata, arrays ``opt.m.<k>`` / ``opt.v.<k>``)."""
+    state = opt.state_dict()
+    arrays = {}
+    for moment in ("m", "v"):
+        for k, a in state.pop(moment, {}).items():
+            arrays[f"opt.{moment}.{k}"] = a
+    return state, arrays
+
+
+def _unflatten_opt(numbers: dict, arrays: dict) -> dict:
+    state = dict(numbers)
+    if state.get("name") == "Adam":
+        state["m"] = {k[len("opt.m."):]: _backend.to_host(a) for k, a in arrays.items() if k.startswith("opt.m.")}
+        state["v"] = {k[len("opt.v."):]: _backend.to_host(a) for k, a in arrays.items() if k.startswith("opt.v.")}
+    return state
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def _rng_from_state(state: dict) -> np.random.Generator:
+    bitgen = getattr(np.random, state["bit_generator"])()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+class Trainer:
+    """One training run in a work folder (see the module docstring).
+
+    ``Trainer(cfg, work_dir).run()`` trains from scratch; ``Trainer.resume(work_dir)``
+    continues from ``work_dir/checkpoint.npz``. The loop is :meth:`train_step` per
+    window; :meth:`validate` evaluates, logs, checkpoints and plots.
+    """
+
+    def __init__(self, cfg: Config, work_dir, *, ds=None, progress: bool = True, out=print):
+        self.cfg = cfg.check()
+        self.work_dir = os.fspath(work_dir)
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.out = out
+        self.progress = progress
+        self.ds = ds if ds is not None else _data.load(cfg.dataset, root=cfg.data_dir)
+        self.be = _backend.get(cfg.backend)
+        self.params = init_model(cfg, self.ds, self.be)
+        self.opt = optim.SGD(cfg.lr) if cfg.optimizer == "sgd" else optim.Adam(cfg.lr)
+        self.rng = np.random.default_rng([cfg.seed, 1])  # dropout masks and shuffling; the init used seed
+        if self.ds.kind == "piano_roll":
+            self.batches = SequenceBatches(self.ds.train, cfg.batch_size)
+        else:
+            self.batches = TokenBatches(self.ds.train, cfg.batch_size, cfg.bptt)
+            if len(self.batches) == 0:
+                raise ValueError(
+                    f"the training split ({len(self.ds.train)} tokens) is too short for batch_size={cfg.batch_size} "
+                    f"and bptt={cfg.bptt}: each of the rows needs more than bptt tokens")
+        self.step = 0
+        self.best_nll = math.inf
+        self.order = None  # the epoch's sequence order (JSB)
+        self.state = None  # the carried (B, n) state (token data)
+        self._train_sum = None  # Σ NLL and count since the last "train" record
+        self._train_count = 0
+        self._rec_tokens, self._rec_time = 0, 0.0  # throughput since the last "train" record
+        self._train_tokens, self._train_time = 0, 0.0  # ... and since the last validation
+        self._last_eval_step = -1
+
+    # -- bookkeeping ------------------------------------------------------------
+    @property
+    def epoch_size(self) -> int:
+        return len(self.batches)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.epoch_size
+
+    def total_steps(self) -> int:
+        cfg = self.cfg
+        by_epochs = cfg.epochs * self.epoch_size
+        return by_epochs if cfg.max_steps is None else min(by_epochs, cfg.max_steps)
+
+    def _zero_state(self):
+        xp = self.be.xp
+        return xp.zeros((self.cfg.batch_size, self.cfg.hidden), dtype=self.params["R_H"].dtype, device=self.be.device)
+
+    # -- one window -------------------------------------------------------------
+    def train_step(self):
+        """Train on the next window; returns the window's summed loss (a 0-d device array)."""
+        cfg, xp, be = self.cfg, self.be.xp, self.be
+        i = self.step % self.epoch_size
+        if cfg.lr_schedule == "cosine":
+            self.opt.lr = lr_at_step(self.step, cfg.lr, cfg.decay_steps)
+        else:
+            self.opt.lr = optim.lr_at_epoch(self.epoch, cfg.lr, cfg.max_epoch, cfg.lr_decay)
+        keep = dict(keep_i=1 - cfg.drop_i, keep_h=1 - cfg.drop_h, keep_o=1 - cfg.drop_o)
+        dtype = self.params["R_H"].dtype
+        if self.ds.kind == "piano_roll":
+            if i == 0 or self.order is None:
+                self.order = self.batches.order(self.rng)
+            x, y, mask = self.batches.window(i, self.order)
+            masks = lm.draw_dense_masks(self.rng, x.shape[1], n_in=88, n=cfg.hidden, dtype=cfg.dtype, backend=be, **keep)
+            xd, yd, md = (be.to_device(a, dtype=cfg.dtype) for a in (x, y, mask))
+            s0 = xp.zeros((x.shape[1], cfg.hidden), dtype=dtype, device=be.device)
+            loss, grads, _, stats = lm.dense_loss_and_grads(self.params, xd, yd, s0, masks, step_mask=md)
+            nll_sum, n = loss * x.shape[1], float(mask.sum())
+        else:
+            if i == 0 or self.state is None:
+                self.state = self._zero_state()  # reset at every epoch start
+            x, y = self.batches.window(i)
+            masks = lm.draw_masks(self.rng, x, vocab=self.ds.vocab_size, n_emb=self.params["E"].shape[1], n=cfg.hidden,
+                                  keep_x=1 - cfg.drop_x, dtype=cfg.dtype, backend=be, **keep)
+            loss, grads, s_last, stats = lm.lm_loss_and_grads(self.params, be.to_device(x), be.to_device(y),
+                                                               self.state, masks)
+            self.state = xp.asarray(s_last, copy=True)
+            nll_sum, n = stats["nll_sum"], x.size
+        grads = optim.add_l2_gradient(grads, self.params, cfg.weight_decay)
+        grads, _ = optim.clip_global_norm(grads, cfg.clip)
+        self.opt.step(self.params, grads)
+        self.step += 1
+        self._train_sum = nll_sum if self._train_sum is None else self._train_sum + nll_sum
+        self._train_count += n
+        self._train_tokens += n
+        self._rec_tokens += n
+        return loss
+
+    def _add_time(self, seconds: float) -> None:
+        self._train_time += seconds
+        self._rec_time += seconds
+
+    def log_train(self) -> dict | None:
+        """Append a "train" record: mean training NLL (dropout on) since the last one."""
+        if not self._train_count:
+            return None
+        train_nll = float(self._train_sum) / self._train_count
+        if not math.isfinite(train_nll):
+            raise TrainingDiverged(self._diverged_message())
+        record = {"split": "train", **_metrics(train_nll, self.ds.level), "step": self.step, "epoch": self.epoch,
+                  "lr": self.opt.lr, "tokens_per_s": self._rec_tokens / self._rec_time if self._rec_time > 0 else None,
+                  "level": self.ds.level, "dataset": self.ds.name, "time": time.time()}
+        _append_metrics(self.work_dir, record)
+        self._train_sum, self._train_count, self._rec_tokens, self._rec_time = None, 0, 0, 0.0
+        return record
+
+    # -- evaluation, checkpoints --------------------------------------------------
+    def validate(self) -> dict:
+        """Evaluate on the validation split, log to metrics.jsonl, save checkpoints, plot."""
+        cfg = self.cfg
+        self.log_train()
+        now = time.time()
+        tokens_per_s = self._train_tokens / self._train_time if self._train_time > 0 else None
+        common = {"step": self.step, "epoch": self.epoch, "lr": self.opt.lr, "tokens_per_s": tokens_per_s,
+                  "level": self.ds.level, "dataset": self.ds.name}
+        res = evaluate_dataset(self.params, self.ds, "valid", batch_size=cfg.eval_batch_size, bptt=cfg.bptt)
+        if not math.isfinite(res["nll"]):
+            raise TrainingDiverged(self._diverged_message())
+        record = {"split": "valid", **res, **common, "time": time.time(), "eval_seconds": time.time() - now}
+        _append_metrics(self.work_dir, record)
+        self._train_tokens, self._train_time = 0, 0.0
+        improved = res["nll"] < self.best_nll
+        if improved:
+            self.best_nll = res["nll"]
+        self.save("checkpoint.npz")
+        if improved:
+            self.save("best.npz")
+        plot_learning_curve(self.work_dir)
+        self._last_eval_step = self.step
+        return record
+
+    def _diverged_message(self) -> str:
+        ckpt = os.path.join(self.work_dir, "checkpoint.npz")
+        kept = f"the last good checkpoint is {ckpt}" if os.path.exists(ckpt) else "no checkpoint had been written yet"
+        return (f"the training loss became non-finite (NaN or inf) by step {self.step} (lr {self.opt.lr:g}); "
+                f"stopped without saving the bad parameters; {kept}. Try a smaller --lr, a smaller clip or float64.")
+
+    def _meta(self) -> dict:
+        opt_numbers, _ = _flatten_opt(self.opt)
+        return {
+            "trainer_format": TRAINER_FORMAT, "trainer_version": TRAINER_VERSION,
+            "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "best_nll": self.best_nll
+            if math.isfinite(self.best_nll) else None,
+            "optimizer": opt_numbers, "rng": _rng_state(self.rng),
+            "order": None if self.order is None else [int(j) for j in self.order],
+            "dataset": {"name": self.ds.name, "kind": self.ds.kind, "level": self.ds.level,
+                        "vocab": list(self.ds.vocab) if self.ds.kind == "tokens" else None},
+        }
+
+    def save(self, name: str = "checkpoint.npz") -> str:
+        """Write the whole training state atomically to ``work_dir/name``."""
+        arrays = {f"param.{k}": v for k, v in self.params.items()}
+        arrays.update(_flatten_opt(self.opt)[1])
+        if self.state is not None:
+            arrays["state.s"] = self.state
+        return _checkpoint.save(os.path.join(self.work_dir, name), arrays, self._meta())
+
+    @classmethod
+    def resume(cls, work_dir, *, overrides: dict | None = None, progress=True, out=print, ds=None) -> Trainer:
+        """Continue the run saved in ``work_dir/checkpoint.npz``.
+
+        ``overrides`` may change how long the run goes and where it runs
+        (``max_steps``, ``epochs``, ``time_limit``, ``eval_every``, ``log_every``,
+        ``backend``, ``data_dir``); changing the model, the data or the recipe raises a
+        :class:`RunError`.
+        """
+        path = os.path.join(os.fspath(work_dir), "checkpoint.npz")
+        if not os.path.exists(path):
+            raise RunError(f"--resume: there is no checkpoint.npz in {work_dir}; start the run without --resume")
+        arrays, meta = _checkpoint.load(path)
+        _check_run_meta(meta, path)
+        stored = dict(meta["config"])
+        allowed = {"max_steps", "epochs", "time_limit", "eval_every", "log_every", "backend", "data_dir"}
+        for k, v in (overrides or {}).items():
+            if v is None or stored.get(k) == v:
+                continue
+            if k not in allowed:
+                raise RunError(f"--resume continues the run as it was configured; {k} was {stored.get(k)!r} and "
+                               f"cannot change to {v!r} (allowed to change: {', '.join(sorted(allowed))})")
+            stored[k] = v
+        cfg = Config.from_dict(stored).check()
+        self = cls(cfg, work_dir, progress=progress, out=out, ds=ds)
+        self._restore(arrays, meta)
+        return self
+
+    def _restore(self, arrays: dict, meta: dict) -> None:
+        for k in self.params:
+            a = arrays.get(f"param.{k}")
+            if a is None or tuple(a.shape) != tuple(self.params[k].shape):
+                raise _checkpoint.CheckpointError(f"checkpoint parameter {k!r} is missing or has the wrong shape")
+            self.params[k] = self.be.to_device(_backend.to_host(a), dtype=self.cfg.dtype)
+        self.opt.load_state_dict(_unflatten_opt(meta["optimizer"], arrays))
+        self.rng = _rng_from_state(meta["rng"])
+        self.step = int(meta["step"])
+        self.best_nll = math.inf if meta.get("best_nll") is None else float(meta["best_nll"])
+        self.order = None if meta.get("order") is None else np.asarray(meta["order"], np.int64)
+        if "state.s" in arrays and self.step % self.epoch_size != 0:
+            self.state = self.be.to_device(_backend.to_host(arrays["state.s"]), dtype=self.cfg.dtype)
+        self._last_eval_step = self.step
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> dict:
+        """Train until ``epochs``/``max_steps``/``time_limit``; returns a summary dict.
+
+        Raises :class:`TrainingDiverged` on a non-finite loss and re-raises
+        ``KeyboardInterrupt`` after saving a checkpoint (``summary`` is then on
+        ``self.interrupted_summary``).
+        """
+        if self.progress:
+            from tqdm.auto import tqdm  # a widget in notebooks, text in terminals
+        else:
+            from tqdm import tqdm  # disabled below; no notebook-widget import
+
+        cfg = self.cfg
+        total = self.total_steps()
+        start_step, t_start = self.step, time.time()
+        eval_every = cfg.eval_every or self.epoch_size
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc=f"{self.ds.name}")
+        running = None
+        say = bar.write if self.progress else self.out
+        with _DeferredInterrupt() as interrupt:
+            try:
+                while self.step < total:
+                    t0 = time.perf_counter()
+                    loss = self.train_step()
+                    running = loss if running is None else running + loss
+                    if self.step % cfg.log_every == 0 or self.step == total:
+                        value = float(running)  # host sync only here, where a number is printed
+                        running = None
+                        self._add_time(time.perf_counter() - t0)
+                        if not math.isfinite(value):
+                            raise TrainingDiverged(self._diverged_message())
+                        tps = self._rec_tokens / self._rec_time if self._rec_time > 0 else 0.0
+                        shown = float(self._train_sum) / max(self._train_count, 1)
+                        if self.ds.level == "char":
+                            bar.set_postfix_str(f"bpc {shown / LN2:.3f}, {tps:,.0f} tok/s")
+                        else:
+                            bar.set_postfix_str(f"nll {shown:.3f}, {tps:,.0f} tok/s")
+                        if self.step % (10 * cfg.log_every) == 0:
+                            self.log_train()
+                    else:
+                        self._add_time(time.perf_counter() - t0)
+                    bar.update(1)
+                    if interrupt.requested:
+                        break
+                    if self.step % eval_every == 0 or self.step == total:
+                        say(_describe(self.validate()))
+                    if cfg.time_limit is not None and time.time() - t_start > 60.0 * cfg.time_limit:
+                        say(f"time limit of {cfg.time_limit:g} min reached at step {self.step}")
+                        break
+            finally:
+                bar.close()
+            if interrupt.requested:
+                # Between two steps: parameters, optimiser, state and generator agree.
+                self.log_train()
+                path = self.save("checkpoint.npz")
+                self.out(f"interrupted at step {self.step}: saved {path}; continue with --resume")
+                self.interrupted_summary = self._summary(start_step, t_start)
+                raise KeyboardInterrupt
+        if self._last_eval_step != self.step:
+            self.out(_describe(self.validate()))
+        return self._summary(start_step, t_start)
+
+    def _summary(self, start_step, t_start) -> dict:
+        records = read_metrics(self.work_dir)
+        valid = [r for r in records if r["split"] == "valid"]
+        elapsed = time.time() - t_start
+        steps = self.step - start_step
+        tokens_per_step = (self.cfg.batch_size * self.cfg.bptt) if self.ds.kind == "tokens" else None
+        return {
+            "steps": self.step, "steps_this_run": steps, "epoch": self.epoch, "seconds": elapsed,
+            "tokens_per_s": (steps * tokens_per_step / elapsed) if tokens_per_step and elapsed > 0 else None,
+            "last_valid": valid[-1] if valid else None,
+            "best_valid_nll": self.best_nll if math.isfinite(self.best_nll) else None,
+            "work_dir": self.work_dir, "level": self.ds.level,
+        }
+
+
+def _describe(rec: dict) -> str:
+    parts = [f"step {rec['step']}", f"epoch {rec['epoch']}", f"{rec['split']} nll {rec['nll']:.4f}"]
+    if rec.get("level") == "char":
+        parts.append(f"bpc {rec['bpc']:.4f}")
+    elif rec.get("ppl") is not None:
+        parts.append(f"ppl {rec['ppl']:.2f}")
+    if rec.get("tokens_per_s"):
+        parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
+    return ", ".join(parts)
+
+
+def _check_run_meta(meta: dict, path) -> None:
+    if meta.get("trainer_format") != TRAINER_FORMAT:
+        raise _checkpoint.CheckpointError(f"{path} is an rhn_np checkpoint but not one of a training run "
+                                          "(no run metadata); it cannot be resumed or evaluated as a run")
+    if meta.get("trainer_version") != TRAINER_VERSION:
+        raise _checkpoint.CheckpointError(f"{path} was written by run format version {meta.get('trainer_version')}; "
+                                          f"this rhn_np reads version {TRAINER_VERSION}")
+
+
+def train(cfg: Config, work_dir, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` in ``work_dir`` (or continue it with ``resume=True``); returns the summary."""
+    if resume:
+        trainer = Trainer.resume(work_dir, overrides=cfg.to_dict(), progress=progress)
+    else:
+        if os.path.exists(os.path.join(os.fspath(work_dir), "checkpoint.npz")):
+            raise RunError(f"{work_dir} already holds a run (checkpoint.npz); pass resume=True (--resume) to continue "
+                           "it, or choose another work folder")
+        trainer = Trainer(cfg, work_dir, progress=progress)
+    return trainer.run()
+
+
+def dataset_for_sampling(meta: dict):
+    """A :class:`rhn_np.data.Dataset` with the run's vocabulary and empty splits.
+
+    Enough to encode a prime and decode samples without loading the data again.
+    """
+    d = meta.get("dataset") or {}
+    if d.get("kind") != "tokens" or not d.get("vocab"):
+        raise RunError(f"the run was trained on {d.get('name')!r} ({d.get('kind')}); only word and character "
+                       "models can be sampled as text")
+    empty = np.zeros(0, np.int32)
+    return _data.Dataset(name=d["name"], kind="tokens", train=empty, valid=empty, test=empty, vocab=list(d["vocab"]),
+                         level=d["level"])
+
+
+def load_run(work_dir, which: str = "best", backend="numpy"):
+    """Parameters, config and data-set description of a finished run.
+
+    Returns ``(params, cfg, meta)`` from ``work_dir/best.npz`` (``which="best"``) or
+    ``checkpoint.npz`` (``"latest"``); the arrays go to ``backend``.
+    """
+    name = {"best": "best.npz", "latest": "checkpoint.npz"}.get(which)
+    if name is None:
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    path = os.path.join(os.fspath(work_dir), name)
+    if not os.path.exists(path):
+        raise RunError(f"no {name} in {work_dir}: train a model there first (rhn-np train --work-dir {work_dir})")
+    arrays, meta = _checkpoint.load(path, backend=backend)
+    _check_run_meta(meta, path)
+    params = {k[len("param."):]: a for k, a in arrays.items() if k.startswith("param.")}
+    cfg = Config.from_dict(meta["config"])
+    return params, cfg, meta

@@ -1,0 +1,164 @@
+"""The ``rhn-np`` command line: train, evaluate, sample, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rhn_np import checkpoint, cli
+from rhn_np import train as T
+
+DATA_DIR = os.environ.get("RHN_DATA_DIR")
+needs_shared_data = pytest.mark.skipif(
+    not DATA_DIR or not os.path.isdir(os.path.join(DATA_DIR or "", "ptb_char")),
+    reason="RHN_DATA_DIR (the folder with ptb_char/) is not set: the PTB character-level checks need the real files",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_home(tmp_path_factory):
+    """One download cache for this module (the pydoc corpus is built into it once)."""
+    home = tmp_path_factory.mktemp("data-home")
+    old = os.environ.get("RHN_NP_DATA_HOME")
+    os.environ["RHN_NP_DATA_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["RHN_NP_DATA_HOME"]
+    else:
+        os.environ["RHN_NP_DATA_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A short run of the default (demo) configuration."""
+    work = tmp_path_factory.mktemp("runs") / "demo"
+    rc = cli.main(["train", "--max-steps", "30", "--eval-every", "15", "--sample-length", "0", "--quiet",
+                   "--work-dir", str(work)])
+    assert rc == 0
+    return work
+
+
+def test_train_defaults_to_the_demo_on_pydoc(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["train", "--max-steps", "12", "--eval-every", "6", "--sample-length", "60", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "training on pydoc (char level" in out and "preset demo" in out
+    assert "validation:" in out and "bits per character" in out
+    assert "sample (best checkpoint" in out
+    sample = out.split("sample (best checkpoint, temperature 0.8):\n", 1)[1].split("\nnext:")[0]
+    assert len(sample.strip()) > 20
+    work = tmp_path / "rhn-runs" / "demo"
+    assert (work / "checkpoint.npz").exists() and (work / "learning_curve.png").exists()
+    valid = [r for r in T.read_metrics(work) if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [6, 12]
+    assert f"{valid[-1]['bpc']:.3f} bits per character" in out
+    # A second plain `rhn-np train` does not clobber the first run.
+    assert cli._default_work_dir("demo") == os.path.join("rhn-runs", "demo-2")
+
+
+def test_evaluate_and_sample(demo_run, capsys):
+    rc = cli.main(["evaluate", "--work-dir", str(demo_run), "--split", "test", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "pydoc test" in out and "bits per character" in out
+    rec = T.read_metrics(demo_run)[-1]
+    assert rec["split"] == "test" and rec["batch_size"] == 32 and rec["bpc"] > 0
+    params, cfg, _ = T.load_run(demo_run)
+    from rhn_np import data
+
+    ds = data.load("pydoc")
+    direct = T.evaluate(params, ds.test, batch_size=32, bptt=cfg.bptt, level="char")
+    assert rec["nll"] == pytest.approx(direct["nll"], rel=1e-12)
+
+    rc = cli.main(["evaluate", "--work-dir", str(demo_run), "--split", "valid", "--batch-1", "--quiet"])
+    assert rc == 0 and T.read_metrics(demo_run)[-1]["batch_size"] == 1
+    capsys.readouterr()
+
+    rc = cli.main(["sample", "--work-dir", str(demo_run), "--length", "80", "--prime", "Return the ", "--seed", "3"])
+    text = capsys.readouterr().out
+    assert rc == 0 and text.startswith("Return the ") and len(text.rstrip("\n")) >= 80
+    cli.main(["sample", "--work-dir", str(demo_run), "--length", "80", "--prime", "Return the ", "--seed", "3"])
+    assert capsys.readouterr().out == text  # same seed, same text
+
+
+def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
+    cases = [
+        (["evaluate", "--work-dir", str(tmp_path / "none")], "no best.npz"),
+        (["train", "--resume", "--work-dir", str(tmp_path / "none")], "no checkpoint.npz"),
+        (["train", "--dataset", "nope", "--work-dir", str(tmp_path / "x")], "nope"),
+        (["train", "--work-dir", str(demo_run)], "already holds a run"),
+        (["train", "--resume", "--depth", "5", "--work-dir", str(demo_run)], "depth was 3 and cannot change"),
+        (["train", "--hidden", "0", "--work-dir", str(tmp_path / "y")], "hidden must be a positive integer"),
+        (["sample", "--work-dir", str(demo_run), "--prime", "\u00e9t\u00e9"], "cannot encode"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "best.npz").write_bytes(b"not a zip file at all")
+    assert cli.main(["evaluate", "--work-dir", str(bad)]) == 1
+    assert "corrupted or truncated" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_home):
+    """A real SIGINT to a real `rhn-np train` process."""
+    work = tmp_path / "run"
+    env = dict(os.environ, RHN_NP_DATA_HOME=str(data_home), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rhn_np.cli", "train", "--max-steps", "100000", "--eval-every", "100000", "--quiet",
+         "--work-dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        first = proc.stdout.readline()  # "training on pydoc ..." once data and model are ready
+        assert first.startswith("training on pydoc"), first
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted at step" in out and "--resume" in out
+    _, meta = checkpoint.load(work / "checkpoint.npz")
+    assert meta["step"] > 0
+    assert cli.main(["train", "--resume", "--work-dir", str(work), "--max-steps", str(meta["step"] + 3), "--quiet",
+                     "--sample-length", "0"]) == 0
+    _, meta2 = checkpoint.load(work / "checkpoint.npz")
+    assert meta2["step"] == meta["step"] + 3
+
+
+# ----------------------------------------------------------------------------
+# The issue's acceptance command on the real PTB character data
+# ----------------------------------------------------------------------------
+PTB_CHAR = ["--dataset", "ptb-char", "--depth", "2", "--hidden", "64", "--batch-size", "16", "--bptt", "50",
+            "--seed", "0", "--quiet", "--sample-length", "0"]
+
+
+@needs_shared_data
+def test_ptb_char_reaches_bpc_below_3_2_and_resumes_exactly(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = PTB_CHAR + ["--data-dir", DATA_DIR]
+    assert cli.main(["train", *args, "--max-steps", "200", "--work-dir", str(straight)]) == 0
+    last = [r for r in T.read_metrics(straight) if r["split"] == "valid"][-1]
+    assert last["step"] == 200 and last["dataset"] == "ptb-char"
+    assert last["bpc"] < 3.2, last
+    assert f"{last['bpc']:.3f} bits per character" in capsys.readouterr().out
+
+    assert cli.main(["train", *args, "--max-steps", "100", "--work-dir", str(split)]) == 0
+    assert cli.main(["train", *args, "--max-steps", "200", "--work-dir", str(split), "--resume"]) == 0
+    a, _ = checkpoint.load(straight / "checkpoint.npz")
+    b, meta = checkpoint.load(split / "checkpoint.npz")
+    assert meta["step"] == 200 and set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    last_split = [r for r in T.read_metrics(split) if r["split"] == "valid"][-1]
+    for key in ("step", "epoch", "nll", "ppl", "bpc", "lr"):
+        assert last_split[key] == last[key], key
+    json.dumps(last_split)
