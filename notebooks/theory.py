@@ -49,15 +49,7 @@ plots.use_slide_style()
 np.set_printoptions(precision=3, suppress=True)
 
 
-def show(fig, name):
-    """Display the figure (and save it as <RHN_FIGDIR>/<name>.png when that is set)."""
-    path = plots.save_figure(fig, name)
-    if path:
-        print("saved", path)
-    if "agg" in matplotlib.get_backend().lower():  # running as a plain script
-        plt.close(fig)
-    else:
-        plt.show()
+show = plots.show  # display, and save as <RHN_FIGDIR>/<name>.png when that is set
 
 
 print("fast mode" if FAST else "full mode")

@@ -29,6 +29,7 @@ __all__ = [
     "plot_norm_vs_lag",
     "plot_singular_values_vs_lag",
     "save_figure",
+    "show",
 ]
 
 SLIDE_RC = {
@@ -295,4 +296,20 @@ def save_figure(fig, name, figdir=None):
     os.makedirs(figdir, exist_ok=True)
     path = os.path.join(figdir, f"{name}.png")
     fig.savefig(path, dpi=130, bbox_inches="tight")
+    return path
+
+
+def show(fig, name, figdir=None):
+    """Display ``fig`` in a notebook (close it when running as a plain script) and save it
+    with :func:`save_figure` when a figure folder is configured. Returns the saved path."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    path = save_figure(fig, name, figdir)
+    if path:
+        print("saved", path)
+    if "agg" in matplotlib.get_backend().lower():  # a plain script: nothing to display
+        plt.close(fig)
+    else:
+        plt.show()
     return path
