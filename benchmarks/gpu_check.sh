@@ -11,6 +11,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu
 python3 -m rhn_np.cli info 2>&1 | tee "$out/info.txt"
 python3 -m pytest ${PYTEST_TARGETS:-tests} -q -rs -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
 status=$((status | ${PIPESTATUS[0]}))
+# End to end: `rhn-np train --backend cupy` on the demo preset (the pydoc corpus needs no network).
+(export RHN_NP_DATA_HOME="$out/data-home"; timeout ${TRAIN_TIMEOUT:-200} python3 -m rhn_np.cli train --backend cupy \
+    --max-steps ${TRAIN_STEPS:-1000} --eval-every 500 --quiet --work-dir "$out/demo-cupy" \
+    && python3 -m rhn_np.cli evaluate --work-dir "$out/demo-cupy" --backend numpy --split test --quiet) 2>&1 \
+    | tee "$out/train_cupy.txt"
+status=$((status | ${PIPESTATUS[0]}))
 timeout ${BENCH_TIMEOUT:-400} python3 benchmarks/bench_layer.py --device gpu --sizes "$sizes" --repeats ${REPEATS:-10} \
     --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
 status=$((status | ${PIPESTATUS[0]}))

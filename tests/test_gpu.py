@@ -222,3 +222,66 @@ def test_captured_window_refuses_replaced_params_and_wrong_shapes():
     p["R_H"] = p["R_H"] * 1.0
     with pytest.raises(ValueError, match="replaced"):
         window(xs, s0, dys)
+
+
+# ----------------------------------------------------------------------------
+# The trainer and the command line on the GPU
+# ----------------------------------------------------------------------------
+def _tiny_text():
+    from rhn_np import data
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 9, 3000).astype(np.int32)
+    return data.Dataset(name="tiny", kind="tokens", train=s[:2400], valid=s[2400:2700], test=s[2700:],
+                        vocab=list("abcdefgh\n"), level="char")
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-3)])
+def test_trainer_on_cupy_matches_numpy_and_resumes_on_the_cpu(tmp_path, dtype, tol):
+    """20 windows with every mask, L2 and clipping on CuPy equal NumPy's; the GPU run's
+    checkpoint resumes on the CPU (host arrays), and its samples decode the same."""
+    from rhn_np import train as T
+
+    ds = _tiny_text()
+    cfg = T.Config(dataset="tiny", depth=2, hidden=16, emb=8, batch_size=4, bptt=9, optimizer="adam", lr=0.01,
+                   max_steps=20, eval_every=10, drop_x=0.2, drop_i=0.3, drop_h=0.2, drop_o=0.3,
+                   weight_decay=1e-4, clip=1.0, dtype=dtype, seed=2).check()
+    quiet = dict(ds=ds, progress=False, out=lambda *a: None)
+    cpu = T.Trainer(cfg, tmp_path / "cpu", **quiet)
+    cpu.run()
+    gpu = T.Trainer(T.Config(**{**cfg.to_dict(), "backend": "cupy", "max_steps": 10}), tmp_path / "gpu", **quiet)
+    assert gpu.be.name == "cupy"
+    gpu.run()
+    resumed = T.Trainer.resume(tmp_path / "gpu", overrides={"backend": "numpy", "max_steps": 20}, **quiet)
+    assert resumed.be.name == "numpy"
+    resumed.run()
+    for k in cpu.params:
+        assert rel(resumed.params[k], cpu.params[k]) < tol, k
+    vc = [r["nll"] for r in T.read_metrics(tmp_path / "cpu") if r["split"] == "valid"]
+    vg = [r["nll"] for r in T.read_metrics(tmp_path / "gpu") if r["split"] == "valid"]  # step 10 on GPU, 20 on CPU
+    assert len(vc) == len(vg) == 2
+    for a, b in zip(vc, vg):
+        assert abs(a - b) / a < tol
+    params_gpu, _, meta = T.load_run(tmp_path / "gpu", backend="cupy")  # the best of the two, back on the GPU
+    assert backend.name_of(params_gpu["R_H"]) == "cupy"
+    ev = T.evaluate(params_gpu, ds.valid, batch_size=cfg.eval_batch_size, bptt=cfg.bptt, level="char")
+    assert abs(ev["nll"] - min(vg)) / min(vg) < tol
+
+
+def test_cli_train_evaluate_sample_with_cupy(tmp_path, monkeypatch, capsys):
+    from rhn_np import cli
+
+    monkeypatch.setenv("RHN_NP_DATA_HOME", str(tmp_path / "cache"))
+    work = str(tmp_path / "run")
+    assert cli.main(["train", "--backend", "cupy", "--max-steps", "40", "--eval-every", "20", "--quiet",
+                     "--sample-length", "50", "--work-dir", work]) == 0
+    out = capsys.readouterr().out
+    assert "backend cupy" in out and "bits per character" in out
+    assert cli.main(["evaluate", "--work-dir", work, "--backend", "cupy", "--quiet"]) == 0
+    gpu_line = capsys.readouterr().out
+    assert cli.main(["evaluate", "--work-dir", work, "--backend", "numpy", "--quiet"]) == 0
+    cpu_line = capsys.readouterr().out
+    bpc = [float(line.split("): ")[1].split()[0]) for line in (gpu_line, cpu_line)]
+    assert abs(bpc[0] - bpc[1]) < 1e-3, (gpu_line, cpu_line)
+    assert cli.main(["sample", "--work-dir", work, "--backend", "cupy", "--length", "60", "--prime", "The "]) == 0
+    assert capsys.readouterr().out.startswith("The ")
