@@ -1,87 +1,81 @@
-"""Tokens per second of one full language-model training step at the paper's sizes.
+"""Tokens per second of the trainer's step (``rhn_np.train.Trainer.train_step``) per preset.
 
-One step = draw the four variational dropout masks on the host, embedding, RHN
-forward, softmax cross-entropy, backward through all of it, the authors' L2 term,
-global-norm clipping and an SGD update (the authors' recipe, float32).
+One step is exactly what ``rhn-np train`` does per window: draw the four variational
+dropout masks on the host, embedding, RHN forward, softmax cross-entropy, backward
+through all of it, the authors' L2 term, global-norm clipping and the optimiser update
+(float32). The data is a random token stream with the preset's vocabulary size, so no
+download is needed; the model, batch and window are the preset's.
 
 Usage::
 
-    python benchmarks/bench_lm.py                         # NumPy on the CPU
-    python benchmarks/bench_lm.py --backend cupy          # CuPy on the GPU
-    python benchmarks/bench_lm.py --configs ptb_sota --repeats 3 --json out.json
+    python benchmarks/bench_lm.py                                 # NumPy on the CPU
+    python benchmarks/bench_lm.py --backend cupy                  # CuPy on the GPU
+    python benchmarks/bench_lm.py --presets demo,ptb_sota --repeats 5 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
 
-from rhn_np import backend, lm, optim
+from rhn_np import backend, data
+from rhn_np import train as T
 
-CONFIGS = {  # vocab, n_emb, n, depth, tied, batch, bptt, keep x/i/h/o, transform bias
-    "ptb_sota": dict(vocab=10000, n_emb=830, n=830, depth=10, tied=True, batch=20, bptt=35,
-                     keep=(0.75, 0.25, 0.75, 0.25), transform_bias=-2.0),
-    "enwik8_sota": dict(vocab=205, n_emb=205, n=1500, depth=10, tied=False, batch=128, bptt=50,
-                        keep=(0.9, 0.6, 0.9, 0.6), transform_bias=-4.0),
-}
+VOCAB = {"demo": 96, "ptb_sota": 10000, "enwik8_sota": 205, "text8_sota": 27}
+LEVEL = {"ptb_sota": "word"}
 
 
-def make_step(cfg, be_name, seed=0):
-    be = backend.get(be_name)
-    params = lm.init_lm_params(cfg["vocab"], cfg["n_emb"], cfg["n"], cfg["depth"], tied=cfg["tied"],
-                               transform_bias=cfg["transform_bias"], seed=seed, backend=be)
-    rng = np.random.default_rng(seed)
-    T, B, V = cfg["bptt"], cfg["batch"], cfg["vocab"]
-    ids_host = rng.integers(0, V, size=(T + 1, B))
-    ids = be.to_device(ids_host[:-1])
-    targets = be.to_device(ids_host[1:])
-    s0 = be.zeros((B, cfg["n"]))
-    opt = optim.SGD(lr=0.2)
-    kx, ki, kh, ko = cfg["keep"]
+def synthetic(preset, n_tokens):
+    """A random token stream with the preset's vocabulary size (the speed does not depend on the text)."""
+    V = VOCAB[preset]
+    ids = np.random.default_rng(0).integers(0, V, n_tokens).astype(np.int32)
+    vocab = [f"w{i}" for i in range(V)]
+    return data.Dataset(name=f"synthetic-{preset}", kind="tokens", train=ids, valid=ids[:1000], test=ids[:1000],
+                        vocab=vocab, level=LEVEL.get(preset, "char"))
 
-    def step():
-        masks = lm.draw_masks(rng, ids, vocab=V, n_emb=cfg["n_emb"], n=cfg["n"], keep_x=kx, keep_i=ki,
-                              keep_h=kh, keep_o=ko, backend=be)
-        loss, grads, s_last, _ = lm.lm_loss_and_grads(params, ids, targets, s0, masks)
-        grads = optim.add_l2_gradient(grads, params, 1e-7)
-        grads, _ = optim.clip_global_norm(grads, 10.0)
-        opt.step(params, grads)
-        return loss
 
-    sync = (lambda: backend._import_cupy().cuda.Device().synchronize()) if be.name == "cupy" else (lambda: None)
-    return step, sync, T * B
+def bench(preset, backend_name, repeats, warmup=2):
+    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32")
+    tokens = cfg.batch_size * cfg.bptt
+    ds = synthetic(preset, tokens * (warmup + repeats + 2) + cfg.batch_size)
+    trainer = T.Trainer(cfg, tempfile.mkdtemp(prefix="bench-lm-"), ds=ds, progress=False, out=lambda *a: None)
+    for _ in range(warmup):
+        float(trainer.train_step())  # float(): the host sync that ends the step on a GPU
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loss = float(trainer.train_step())
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"preset": preset, "backend": trainer.be.name, "depth": cfg.depth, "hidden": cfg.hidden,
+            "batch": cfg.batch_size, "bptt": cfg.bptt, "vocab": ds.vocab_size, "step_ms": 1e3 * med,
+            "tokens_per_s": tokens / med, "loss": loss}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
-    ap.add_argument("--configs", default="ptb_sota,enwik8_sota")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", default="demo,ptb_sota,enwik8_sota")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = []
-    for name in args.configs.split(","):
-        step, sync, tokens = make_step(CONFIGS[name], args.backend)
-        step()
-        sync()
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            loss = step()
-            sync()
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        row = {"config": name, "backend": args.backend, "step_ms": 1e3 * med, "tokens_per_s": tokens / med,
-               "loss": float(backend.to_host(loss))}
+    for name in args.presets.split(","):
+        row = bench(name, args.backend, args.repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
+        facts = backend.describe()
         with open(args.json, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "rows": rows}, fh, indent=2)
+            json.dump({"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+                       "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "numpy": facts["numpy"],
+                       "gpu": facts.get("gpu"), "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

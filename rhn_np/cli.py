@@ -108,7 +108,8 @@ def _train(args) -> int:
         params, _, _ = T.load_run(work_dir, "best", backend=trainer.be)
         text = T.sample(params, ds, length=args.sample_length, temperature=0.8, prime=None, seed=cfg.seed)
         print(f"\nsample (best checkpoint, temperature 0.8):\n{text.strip()}\n")
-    print(f"next: rhn-np evaluate --work-dir {work_dir} --split test   |   rhn-np sample --work-dir {work_dir}")
+    hint = f"next: rhn-np evaluate --work-dir {work_dir} --split test"
+    print(hint + (f"   |   rhn-np sample --work-dir {work_dir}" if ds.kind == "tokens" else ""))
     return 0
 
 
