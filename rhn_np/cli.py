@@ -97,7 +97,7 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         return 130
     last = summary["last_valid"]
-    speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""
+    speed = f", {summary['tokens_per_s']:,.0f} tokens/s with validation" if summary.get("tokens_per_s") else ""
     print(f"\ndone: {summary['steps']:,} steps (epoch {summary['epoch']}) in {_fmt_time(summary['seconds'])}{speed}")
     if last is not None:
         print(f"validation: {_score(last)}")
