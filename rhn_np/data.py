@@ -624,10 +624,11 @@ def _not_found_message(key, spec, folders, *, from_root=False, reason=None) -> s
     target = folders[0]
     if from_root:
         lines.append(f"Put the files in {' or '.join(str(f) for f in folders)}, or call load({key!r}) without "
-                     f"root to use the cache ({cache_dir() / spec['folder']}), which downloads them.")
+                     f"root (rhn-np: without --data-dir) to use the cache ({cache_dir() / spec['folder']}), "
+                     "which downloads them.")
     else:
         lines.append(f"Put the files in {target} (set {DATA_HOME_ENV} to use another folder), "
-                     f"or pass root=FOLDER holding them.")
+                     f"or pass root=FOLDER holding them (rhn-np: --data-dir FOLDER).")
     return "\n".join(lines)
 
 
