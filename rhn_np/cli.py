@@ -60,6 +60,16 @@ def _default_work_dir(name: str) -> str:
     return path
 
 
+def _latest_work_dir(name: str) -> str:
+    """The newest of ``rhn-runs/<name>``, ``<name>-2``, ... holding a run (for ``--resume``)."""
+    latest = os.path.join("rhn-runs", name)
+    k = 2
+    while os.path.exists(os.path.join(f"{os.path.join('rhn-runs', name)}-{k}", "checkpoint.npz")):
+        latest = f"{os.path.join('rhn-runs', name)}-{k}"
+        k += 1
+    return latest
+
+
 def _train(args) -> int:
     from . import train as T
 
@@ -76,7 +86,8 @@ def _train(args) -> int:
     cfg = T.config_from_preset(preset, **overrides)
     if args.epochs is not None and args.max_steps is None:
         cfg.max_steps = None  # --epochs alone: that many epochs, not the preset's step count
-    work_dir = args.work_dir or _default_work_dir(args.preset or (args.dataset or "demo"))
+    name = args.preset or (args.dataset or "demo")
+    work_dir = args.work_dir or (_latest_work_dir(name) if args.resume else _default_work_dir(name))
     if args.resume:
         explicit = {k: v for k, v in overrides.items() if v is not None}
         trainer = T.Trainer.resume(work_dir, overrides=explicit, progress=not args.quiet)

@@ -60,8 +60,12 @@ def test_train_defaults_to_the_demo_on_pydoc(tmp_path, monkeypatch, capsys):
     valid = [r for r in T.read_metrics(work) if r["split"] == "valid"]
     assert [r["step"] for r in valid] == [6, 12]
     assert f"{valid[-1]['bpc']:.3f} bits per character" in out
-    # A second plain `rhn-np train` does not clobber the first run.
+    # A second plain `rhn-np train` does not clobber the first run; --resume picks the newest.
     assert cli._default_work_dir("demo") == os.path.join("rhn-runs", "demo-2")
+    assert cli._latest_work_dir("demo") == os.path.join("rhn-runs", "demo")
+    assert cli.main(["train", "--resume", "--max-steps", "14", "--quiet", "--sample-length", "0"]) == 0
+    assert "resuming rhn-runs/demo at step 12" in capsys.readouterr().out
+    assert [r["step"] for r in T.read_metrics(work) if r["split"] == "valid"][-1] == 14
 
 
 def test_evaluate_and_sample(demo_run, capsys):
