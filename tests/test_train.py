@@ -10,6 +10,8 @@ import signal
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rhn_np import checkpoint, lm
 from rhn_np import train as T
@@ -128,6 +130,28 @@ def test_token_batches_match_the_authors_reader(n, B, Tw):
         assert xt.shape == (Tw, B)
         np.testing.assert_array_equal(xt, x.T)
         np.testing.assert_array_equal(yt, y.T)
+
+
+@given(n=st.integers(2, 400), B=st.integers(1, 12), Tw=st.integers(1, 40))
+def test_token_batches_property(n, B, Tw):
+    """Any stream, batch and window: the training windows are the authors' reader's, and
+    the evaluation windows score every target of the rows exactly once, in order."""
+    stream = np.arange(n, dtype=np.int32)
+    if n // B < 2:
+        with pytest.raises(ValueError, match="smaller batch size"):
+            T.TokenBatches(stream, B, Tw)
+        return
+    tb = T.TokenBatches(stream, B, Tw)
+    ref = list(ptb_iterator(stream, B, Tw))
+    assert len(tb) == len(ref)
+    for i, (x, y) in enumerate(ref):
+        xt, yt = tb.window(i)
+        np.testing.assert_array_equal(xt, x.T)
+        np.testing.assert_array_equal(yt, y.T)
+    windows = list(tb.all_windows())
+    assert all(0 < x.shape[0] <= Tw and x.shape == y.shape for x, y in windows)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in windows]).T, tb.rows[:, 1:])
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in windows]).T, tb.rows[:, :-1])
 
 
 def test_all_windows_score_every_target_once():
