@@ -244,7 +244,7 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, CheckpointError, RunError, TrainingDiverged) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, CheckpointError, RunError, TrainingDiverged) as exc:
         print(f"rhn-np {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -102,6 +102,10 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
         (["train", "--hidden", "0", "--work-dir", str(tmp_path / "y")], "hidden must be a positive integer"),
         (["sample", "--work-dir", str(demo_run), "--prime", "\u00e9t\u00e9"], "cannot encode"),
     ]
+    from rhn_np import backend
+
+    if not backend.cupy_available():
+        cases.append((["train", "--backend", "cupy", "--work-dir", str(tmp_path / "z")], "backend='cupy' is not usable"))
     for argv, message in cases:
         assert cli.main(argv) == 1, argv
         err = capsys.readouterr().err
