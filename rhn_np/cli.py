@@ -79,6 +79,7 @@ def _train(args) -> int:
         max_steps=args.max_steps, epochs=args.epochs, time_limit=args.time_limit, eval_every=args.eval_every,
         seed=args.seed, backend=args.backend, dtype=args.dtype, lr_decay=args.lr_decay, max_epoch=args.max_epoch,
         clip=args.clip, weight_decay=args.weight_decay, transform_bias=args.transform_bias, tied=args.tied,
+        init_scale=args.init_scale,
         drop_x=args.drop_x, drop_i=args.drop_i, drop_h=args.drop_h, drop_o=args.drop_o,
         eval_batch_size=args.eval_batch_size, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
     )
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, help="global gradient-norm clip")
     p.add_argument("--weight-decay", type=float, help="L2 coefficient wd of wd/2 * sum(w^2) (the authors: 1e-7)")
     p.add_argument("--transform-bias", type=float, help="initial transform-gate bias b_T")
+    p.add_argument("--init-scale", type=float, help="weights start uniform in (-init_scale, init_scale) (the authors: 0.04)")
     p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
                    help="weight tying of embedding and softmax (needs emb == hidden)")
     for mask, what in (("x", "whole input symbols (word-type)"), ("i", "RHN input features"),
