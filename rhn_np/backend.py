@@ -46,6 +46,7 @@ __all__ = [
     "scatter_add_rows",
     "is_cupy",
     "device_of",
+    "of",
     "gate_kernels",
     "set_cuda_kernels",
     "describe",
@@ -187,6 +188,11 @@ def device_of(x):
     return array_api_compat.device(x)
 
 
+def of(x) -> Backend:
+    """The backend and device array ``x`` lives on (to put new data next to it)."""
+    return Backend(name_of(x), namespace(x), device_of(x))
+
+
 def is_cupy(x) -> bool:
     return name_of(x) == "cupy"
 
@@ -203,19 +209,29 @@ def to_dtype(xp, dtype):
 def to_device(x, backend: str | Backend = "numpy", dtype=None):
     """Copy host data to ``backend`` (the only host -> device crossing of the package).
 
-    ``x`` may be a NumPy array, a nested list or a scalar; ``dtype`` ('float32',
-    'float64', or an integer dtype name) casts on the host first. The result is always
-    a new array, on NumPy too, so in-place updates never reach the caller's data.
+    ``x`` may be a NumPy array, a nested list or a scalar; ``dtype`` (a name such as
+    'float32', or the dtype of an array of any backend, e.g. ``params["W_H"].dtype``)
+    casts on the host first. The result is always a new array, on NumPy too, so
+    in-place updates never reach the caller's data.
     """
     be = get(backend)
     host = to_host(x) if name_of(x) in ("cupy", "array_api_strict") else np.asarray(x)
     if dtype is not None:
-        host = host.astype(dtype, copy=False)
+        host = host.astype(_host_dtype(dtype), copy=False)
     if be.name == "numpy":
         return np.array(host, copy=True)
     if be.name == "cupy":
         return _cupy.asarray(host)
     return be.xp.asarray(host, device=be.device)
+
+
+def _host_dtype(dtype):
+    """NumPy's dtype for a dtype name or a dtype of any backend (array-api-strict's are
+    not NumPy dtypes: ``array_api_strict.float64`` -> ``float64``)."""
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(str(dtype).rsplit(".", 1)[-1])
 
 
 def to_host(x) -> np.ndarray:

@@ -138,10 +138,7 @@ def _host_copy(x):
 
 def _like(host, p):
     """Host array -> an array on the backend, device and dtype of parameter ``p``."""
-    xp = _backend.namespace(p)
-    be = _backend.Backend(_backend.name_of(p), xp, _backend.device_of(p))
-    out = be.to_device(host)
-    return out if out.dtype == p.dtype else xp.astype(out, p.dtype)
+    return _backend.of(p).to_device(host, dtype=p.dtype)
 
 
 class _Optimizer:

@@ -359,12 +359,6 @@ def _metrics(nll: float, level: str) -> dict:
     return {"nll": nll, "ppl": math.exp(min(nll, 700.0)), "bpc": nll / LN2}
 
 
-def _float_name(x) -> str:
-    """'float32' or 'float64': the dtype of ``x`` by name, for :func:`rhn_np.backend.to_device`."""
-    xp = _backend.namespace(x)
-    return "float64" if x.dtype == xp.float64 else "float32"
-
-
 def _hidden_of(params) -> int:
     return int(params["R_H"].shape[1])
 
@@ -376,11 +370,10 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
     carried over all windows, the last shorter window included. ``batch_size=1`` is the
     authors' reported evaluation (one pass over the split in order).
     """
-    xp = _backend.namespace(params["E"])
-    dev = _backend.device_of(params["E"])
-    be = _backend.Backend(_backend.name_of(params["E"]), xp, dev)
+    be = _backend.of(params["E"])
+    xp = be.xp
     batches = TokenBatches(stream, batch_size, bptt)
-    s = xp.zeros((batch_size, _hidden_of(params)), dtype=params["E"].dtype, device=dev)
+    s = xp.zeros((batch_size, _hidden_of(params)), dtype=params["E"].dtype, device=be.device)
     total = None
     n_tokens = 0
     for x, y in batches.all_windows():
@@ -396,18 +389,15 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
 
 def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
     """Dropout-off NLL per time step (summed over the 88 keys) of piano rolls."""
-    xp = _backend.namespace(params["W_out"])
-    dev = _backend.device_of(params["W_out"])
-    be = _backend.Backend(_backend.name_of(params["W_out"]), xp, dev)
-    dtype = params["W_out"].dtype
-    dname = _float_name(params["W_out"])
+    be = _backend.of(params["W_out"])
+    xp, dtype = be.xp, params["W_out"].dtype
     batches = SequenceBatches(sequences, batch_size)
     order = batches.order(None)
     total, n_steps = None, 0.0
     for i in range(len(batches)):
         x, y, mask = batches.window(i, order)
-        xd, yd, md = (be.to_device(a, dtype=dname) for a in (x, y, mask))
-        s0 = xp.zeros((x.shape[1], _hidden_of(params)), dtype=dtype, device=dev)
+        xd, yd, md = (be.to_device(a, dtype=dtype) for a in (x, y, mask))
+        s0 = xp.zeros((x.shape[1], _hidden_of(params)), dtype=dtype, device=be.device)
         logits, _ = lm.dense_logits(params, xd, s0)
         loss, _ = lm.sigmoid_bernoulli_nll(logits, yd, md)
         part = loss * x.shape[1]
@@ -447,16 +437,15 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     length = lm._check_int("length", length)
-    xp = _backend.namespace(params["E"])
-    dev = _backend.device_of(params["E"])
-    be = _backend.Backend(_backend.name_of(params["E"]), xp, dev)
+    be = _backend.of(params["E"])
+    xp = be.xp
     rng = _backend.host_rng(seed)
     ids = list(ds.encode(prime)) if prime else []
     if not ids:  # start after an end of line, like a new sentence / paragraph
         seed_ids, out = [_start_symbol(ds, rng)], []
     else:
         seed_ids, out = ids, list(ids)
-    s = xp.zeros((1, _hidden_of(params)), dtype=params["E"].dtype, device=dev)
+    s = xp.zeros((1, _hidden_of(params)), dtype=params["E"].dtype, device=be.device)
     logits, s = lm.lm_logits(params, be.to_device(np.asarray(seed_ids, np.int64)[:, None]), s)
     for _ in range(length):
         z = _backend.to_host(logits[-1, 0, :]).astype(np.float64) / temperature  # (V,)
@@ -662,7 +651,7 @@ class Trainer:
                 self.order = self.batches.order(self.rng)
             x, y, mask = self.batches.window(i, self.order)
             masks = lm.draw_dense_masks(self.rng, x.shape[1], n_in=88, n=cfg.hidden, dtype=cfg.dtype, backend=be, **keep)
-            xd, yd, md = (be.to_device(a, dtype=cfg.dtype) for a in (x, y, mask))
+            xd, yd, md = (be.to_device(a, dtype=dtype) for a in (x, y, mask))
             s0 = xp.zeros((x.shape[1], cfg.hidden), dtype=dtype, device=be.device)
             loss, grads, _, stats = lm.dense_loss_and_grads(self.params, xd, yd, s0, masks, step_mask=md)
             nll_sum, n = loss * x.shape[1], float(mask.sum())
@@ -788,14 +777,14 @@ class Trainer:
             a = arrays.get(f"param.{k}")
             if a is None or tuple(a.shape) != tuple(self.params[k].shape):
                 raise _checkpoint.CheckpointError(f"checkpoint parameter {k!r} is missing or has the wrong shape")
-            self.params[k] = self.be.to_device(_backend.to_host(a), dtype=self.cfg.dtype)
+            self.params[k] = self.be.to_device(a, dtype=self.params[k].dtype)
         self.opt.load_state_dict(_unflatten_opt(meta["optimizer"], arrays))
         self.rng = _rng_from_state(meta["rng"])
         self.step = int(meta["step"])
         self.best_nll = math.inf if meta.get("best_nll") is None else float(meta["best_nll"])
         self.order = None if meta.get("order") is None else np.asarray(meta["order"], np.int64)
         if "state.s" in arrays and self.step % self.epoch_size != 0:
-            self.state = self.be.to_device(_backend.to_host(arrays["state.s"]), dtype=self.cfg.dtype)
+            self.state = self.be.to_device(arrays["state.s"], dtype=self.params["R_H"].dtype)
         self._last_eval_step = self.step
 
     # -- the loop -----------------------------------------------------------------

@@ -252,3 +252,17 @@ def test_numpy_fast_leaves_its_inputs_alone_and_same_cache_size():
     g2, _, _ = rhn.backward(p, c_ref, dys, ds_last)
     for k in p:
         np.testing.assert_allclose(g1[k], g2[k], rtol=0, atol=EXACT)
+
+
+def test_to_device_takes_dtype_objects_of_any_backend_and_of_finds_an_arrays_backend():
+    strict = pytest.importorskip("array_api_strict")
+    x = np.arange(3)
+    cases = [("float64", strict.float64), (np.float64, strict.float64), (np.dtype("float32"), strict.float32),
+             (strict.float64, strict.float64), (strict.float32, strict.float32)]
+    for dtype, expected in cases:
+        assert backend.to_device(x, "array_api_strict", dtype=dtype).dtype == expected, dtype
+    p = backend.to_device(np.zeros(2), "array_api_strict", dtype="float32")
+    be = backend.of(p)
+    assert be.name == "array_api_strict" and be.device == p.device
+    q = be.to_device(np.ones(2), dtype=p.dtype)
+    assert q.dtype == strict.float32 and q.device == p.device
