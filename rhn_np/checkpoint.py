@@ -7,7 +7,8 @@ metadata record stored inside the same file (as the UTF-8 bytes of the array
 array's name, dtype, shape and bytes.
 
 * :func:`save` writes to a temporary file in the target folder, flushes it to disk,
-  then renames it over the target: a crash leaves either the old or the new file.
+  then renames it over the target (:func:`atomic_open`, which the data cache uses
+  too): a crash leaves either the old or the new file.
 * :func:`load` uses ``numpy.load(allow_pickle=False)`` and verifies format and
   checksum; a corrupted, truncated or foreign file gives a :class:`CheckpointError`
   that says which.
@@ -15,9 +16,11 @@ array's name, dtype, shape and bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
@@ -43,6 +46,29 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_open(path):
+    """Write a file atomically: ``with atomic_open(path) as fh: fh.write(...)``.
+
+    The bytes go to a temporary file in the target's folder (created if needed), which
+    is flushed to disk and renamed over ``path`` when the block ends without an error;
+    on any error, Ctrl+C included, it is deleted and ``path`` is left as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save(path, arrays: dict, metadata: dict | None = None) -> str:
     """Write ``arrays`` (any backend; copied to the host) and JSON-able ``metadata``.
 
@@ -63,20 +89,16 @@ def save(path, arrays: dict, metadata: dict | None = None) -> str:
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
     except TypeError as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **host, **{_META: np.frombuffer(meta_bytes, dtype=np.uint8)})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        np.savez(fh, **host, **{_META: np.frombuffer(meta_bytes, dtype=np.uint8)})
     return path
+
+
+def copy(src, dst) -> str:
+    """Copy the checkpoint file ``src`` to ``dst`` atomically (no re-serialisation)."""
+    with open(src, "rb") as fin, atomic_open(dst) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return os.fspath(dst)
 
 
 def load(path, backend="numpy"):

@@ -127,7 +127,6 @@ import platform
 import re
 import sys
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -138,6 +137,7 @@ import numpy as np
 
 from . import __version__
 from . import backend as _backend
+from .checkpoint import atomic_open
 
 __all__ = [
     "Dataset",
@@ -647,6 +647,14 @@ def _sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def _check_digest(path, actual: str, expected: str, of: str = "") -> None:
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} has SHA-256 {actual}{of}, expected {expected}. "
+            "The cached file is corrupted or not the expected one: delete it and load again."
+        )
+
+
 def _read_bytes(path: pathlib.Path, sha256: str | None = None) -> bytes:
     """The (decompressed, for ``.gz``) content of ``path``; checked against ``sha256`` if given."""
     try:
@@ -655,12 +663,7 @@ def _read_bytes(path: pathlib.Path, sha256: str | None = None) -> bytes:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataFormatError(f"{path} is not a readable gzip file ({exc}); delete it or replace it") from exc
     if sha256 is not None:
-        actual = _sha256_hex(data)
-        if actual != sha256:
-            raise ChecksumError(
-                f"{path} has SHA-256 {actual} (of its decompressed content), expected {sha256}. "
-                "The cached file is corrupted or not the expected one: delete it and load again."
-            )
+        _check_digest(path, _sha256_hex(data), sha256, " (of its decompressed content)")
     return data
 
 
@@ -701,13 +704,11 @@ def _download(url: str, dest, sha256: str | None, *, timeout: float = DOWNLOAD_T
         length = response.headers.get("Content-Length")
         size = f" ({int(length) / 1e6:.1f} MB)" if length and length.isdigit() else ""
         print(f"rhn_np: downloading {dest.name}{size} from {url} to {dest.parent}", file=sys.stderr, flush=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=dest.parent)
-        try:
+        with atomic_open(dest) as fh:  # a checksum error deletes the partial download
             h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as fh:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    h.update(block)
-                    fh.write(block)
+            for block in iter(lambda: response.read(1 << 20), b""):
+                h.update(block)
+                fh.write(block)
             actual = h.hexdigest()
             if sha256 is not None and actual != sha256.lower():
                 raise ChecksumError(
@@ -715,25 +716,12 @@ def _download(url: str, dest, sha256: str | None, *, timeout: float = DOWNLOAD_T
                     "the download was deleted. The server sent a different file (changed mirror, "
                     "truncated or intercepted transfer): try again later or fetch it by hand."
                 )
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
     return actual
 
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def _safe_member_name(name: str) -> bool:
@@ -748,12 +736,7 @@ def _read_zip_member(path: pathlib.Path, member: str, sha256: str | None) -> byt
     with an absolute or ``..`` path is refused, as is one without ``member``.
     """
     if sha256 is not None:
-        actual = _sha256_file(path)
-        if actual != sha256:
-            raise ChecksumError(
-                f"{path} has SHA-256 {actual}, expected {sha256}. The cached file is corrupted or not "
-                "the expected one: delete it and load again."
-            )
+        _check_digest(path, _sha256_file(path), sha256)
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

@@ -711,9 +711,9 @@ class Trainer:
         improved = res["nll"] < self.best_nll
         if improved:
             self.best_nll = res["nll"]
-        self.save("checkpoint.npz")
-        if improved:
-            self.save("best.npz")
+        latest = self.save("checkpoint.npz")
+        if improved:  # the same state: copy the file rather than serialise it twice
+            _checkpoint.copy(latest, os.path.join(self.work_dir, "best.npz"))
         plot_learning_curve(self.work_dir)
         self._last_eval_step = self.step
         return record
@@ -724,8 +724,7 @@ class Trainer:
         return (f"the training loss became non-finite (NaN or inf) by step {self.step} (lr {self.opt.lr:g}); "
                 f"stopped without saving the bad parameters; {kept}. Try a smaller --lr, a smaller clip or float64.")
 
-    def _meta(self) -> dict:
-        opt_numbers, _ = _flatten_opt(self.opt)
+    def _meta(self, opt_numbers: dict) -> dict:
         return {
             "trainer_format": TRAINER_FORMAT, "trainer_version": TRAINER_VERSION,
             "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "best_nll": self.best_nll
@@ -738,11 +737,12 @@ class Trainer:
 
     def save(self, name: str = "checkpoint.npz") -> str:
         """Write the whole training state atomically to ``work_dir/name``."""
+        opt_numbers, opt_arrays = _flatten_opt(self.opt)  # one host copy of the moments
         arrays = {f"param.{k}": v for k, v in self.params.items()}
-        arrays.update(_flatten_opt(self.opt)[1])
+        arrays.update(opt_arrays)
         if self.state is not None:
             arrays["state.s"] = self.state
-        return _checkpoint.save(os.path.join(self.work_dir, name), arrays, self._meta())
+        return _checkpoint.save(os.path.join(self.work_dir, name), arrays, self._meta(opt_numbers))
 
     @classmethod
     def resume(cls, work_dir, *, overrides: dict | None = None, progress=True, out=print, ds=None) -> Trainer:

@@ -92,3 +92,18 @@ def test_bad_arguments(tmp_path):
         checkpoint.save(tmp_path / "a.npz", {"__meta__": np.ones(1)})
     with pytest.raises(TypeError, match="JSON"):
         checkpoint.save(tmp_path / "a.npz", {"w": np.ones(1)}, {"bad": object()})
+
+
+def test_atomic_open_and_copy(tmp_path):
+    target = tmp_path / "sub" / "f.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.atomic_open(target) as fh:
+            fh.write(b"partial")
+            raise KeyboardInterrupt
+    assert list((tmp_path / "sub").iterdir()) == []  # neither the target nor a temporary file
+    checkpoint.save(tmp_path / "a.npz", {"w": np.arange(4.0)}, {"step": 3})
+    checkpoint.copy(tmp_path / "a.npz", tmp_path / "b.npz")
+    arrays, meta = checkpoint.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(arrays["w"], np.arange(4.0))
+    assert meta["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "sub"]
