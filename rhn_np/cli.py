@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as _np
 
 from . import __version__
+from .train import PRESETS
 
 
 def _info(args) -> int:
@@ -138,7 +140,7 @@ def _evaluate(args) -> int:
         res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update)
     rec = {"split": args.split, **res, "step": meta["step"], "epoch": meta["epoch"], "lr": None,
            "tokens_per_s": None, "level": ds.level, "dataset": ds.name, "batch_size": batch,
-           "checkpoint": args.checkpoint, "time": __import__("time").time()}
+           "checkpoint": args.checkpoint, "time": time.time()}
     T._append_metrics(args.work_dir, rec)
     print(f"{ds.name} {args.split} ({res['n_tokens']:,} {'tokens' if ds.kind == 'tokens' else 'time steps'}, "
           f"batch {batch}, {args.checkpoint} checkpoint at step {meta['step']}): {_score(rec)}")
@@ -167,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an RHN language model. With no arguments: the 'demo' preset, a small character "
                     "model on the embedded 'pydoc' corpus, a few minutes on a laptop CPU. Options override "
                     "the preset's values.")
-    p.add_argument("--preset", choices=sorted(T_PRESETS()), help="named configuration (default: demo)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration (default: demo)")
     p.add_argument("--dataset", help="ptb, ptb-char, text8, enwik8, jsb or pydoc (default: the preset's)")
     p.add_argument("--data-dir", help="folder holding the data files (default: the download cache)")
     p.add_argument("--depth", type=int, help="recurrence depth L")
@@ -228,15 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def T_PRESETS():
-    from .train import PRESETS
-
-    return PRESETS
-
-
 def main(argv=None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
