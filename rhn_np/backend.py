@@ -221,7 +221,7 @@ def to_device(x, backend: str | Backend = "numpy", dtype=None):
     if be.name == "numpy":
         return np.array(host, copy=True)
     if be.name == "cupy":
-        return _cupy.asarray(host)
+        return _import_cupy().asarray(host)
     return be.xp.asarray(host, device=be.device)
 
 
@@ -267,7 +267,7 @@ def scatter_add_rows(target, indices, values):
         np.add.at(target, indices, values)
         return target
     if kind == "cupy":
-        _cupy.add.at(target, indices, values)
+        _import_cupy().add.at(target, indices, values)
         return target
     xp = namespace(target, values)
     vocab = target.shape[0]
@@ -810,7 +810,7 @@ class CapturedGraph:
 
     def launch(self):
         """Replay on the caller's current stream (asynchronous, like any kernel launch)."""
-        self.graph.launch(_cupy.cuda.get_current_stream())
+        self.graph.launch(_import_cupy().cuda.get_current_stream())
 
 
 def capture_graph(fn) -> CapturedGraph:

@@ -278,8 +278,8 @@ class Adam(_Optimizer):
         if set(m) != set(v):
             raise ValueError("state_dict moments 'm' and 'v' have different keys")
         self.m, self.v = {}, {}
-        self._pending = ({k: np.array(a, copy=True) for k, a in m.items()},
-                         {k: np.array(a, copy=True) for k, a in v.items()}) if m else None
+        self._pending = ({k: _host_copy(a) for k, a in m.items()},
+                         {k: _host_copy(a) for k, a in v.items()}) if m else None
 
 
 # ----------------------------------------------------------------------------

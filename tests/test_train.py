@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhn_np import checkpoint, lm
+from rhn_np import backend, checkpoint, lm
 from rhn_np import train as T
 
 
@@ -161,6 +161,12 @@ def test_all_windows_score_every_target_once():
     np.testing.assert_array_equal(targets, tb.rows[:, 1:])
     inputs = np.concatenate([x.T for x, _ in tb.all_windows()], axis=1)
     np.testing.assert_array_equal(inputs, tb.rows[:, :-1])
+
+
+def test_token_batches_take_a_stream_on_any_backend():
+    stream = np.arange(103, dtype=np.int32)
+    on_device = backend.get("array_api_strict").to_device(stream)  # a fake non-CPU device
+    np.testing.assert_array_equal(T.TokenBatches(on_device, 4, 5).rows, T.TokenBatches(stream, 4, 5).rows)
 
 
 def test_token_batches_reject_bad_streams():
