@@ -511,13 +511,10 @@ def backward(params, cache, dys, ds_last=None):
             dA[l, t, ...] = das[l]
     ds0 = ds
 
-    # Weight gradients: one product per micro-layer over all T·B rows (not T small ones).
-    dR = xp.stack(
-        [
-            xp.reshape(S[l, ...] if m_s is None else S[l, ...] * m_s, (T * B, n)).T @ xp.reshape(dA[l, ...], (T * B, kn))
-            for l in range(depth)
-        ]
-    )
+    # Weight gradients: one product per micro-layer over all T·B rows (not T small ones),
+    # batched over the micro-layers: (L, n, T·B) @ (L, T·B, k·n) -> (L, n, k·n).
+    S_tr = S if m_s is None else S * m_s  # the states the transforms saw
+    dR = xp.matrix_transpose(xp.reshape(S_tr, (depth, T * B, n))) @ xp.reshape(dA, (depth, T * B, kn))
     db = xp.sum(xp.reshape(dA, (depth, T * B, kn)), axis=1)
     dA1 = xp.reshape(dA[0, ...], (T * B, kn))  # only micro-layer 1 sees the input
     xs = cache["xs"]
