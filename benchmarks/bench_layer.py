@@ -6,19 +6,30 @@ performance notes). Baselines: the same layer in PyTorch eager (per-micro-layer
 parameter tensors, gates fused into one (n, 2n) matrix per micro-layer, autograd),
 and on the GPU the same PyTorch step captured whole in one CUDA graph.
 
+Each size also gets a full language-model training step in tokens/s: the trainer's own
+step (``rhn_np.train.Trainer.train_step``, with embedding, softmax and optimiser) for the
+preset of that size (``benchmarks/bench_lm.py``). Peak memory is the growth of the
+process's peak resident set during one window on the CPU (the same yardstick for NumPy
+and PyTorch), and the allocator high-water marks on the GPU.
+
 Usage::
 
     python benchmarks/bench_layer.py                      # CPU: NumPy vs PyTorch eager
     python benchmarks/bench_layer.py --device gpu         # GPU: CuPy vs PyTorch eager / graph
-    python benchmarks/bench_layer.py --sizes small --repeats 3 --json out.json
+    python benchmarks/bench_layer.py --device cpu,gpu --sizes small,ptb_paper,enwik8_paper
+    python benchmarks/bench_layer.py --sizes small --repeats 3 --lm none --json out.json
 
-Ratios (< 1: rhn_np is faster) are the result; absolute times vary between machines.
+It prints one line of JSON per measurement as it goes, then Markdown tables. Ratios
+(< 1: rhn_np is faster) are the result; absolute times vary between machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -34,6 +45,9 @@ SIZES = {  # name: (n_in, n, depth L, batch B, steps T)
     "ptb_paper": (830, 830, 10, 20, 35),
     "enwik8_paper": (205, 1500, 10, 128, 50),
 }
+# The training preset whose language-model step is timed with each size: the paper's
+# PTB and enwik8 models are these sizes; `small` has no preset and gets the demo's.
+LM_PRESET = {"small": "demo", "ptb_paper": "ptb_sota", "enwik8_paper": "enwik8_sota"}
 
 
 def gflop(n_in, n, L, B, T):
@@ -55,6 +69,45 @@ def median_time(fn, repeats, sync=lambda: None, warmup=2):
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+class PeakRSS:
+    """Growth of the process's peak resident set over a block, in MiB (Linux).
+
+    Writing 5 to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to the
+    current resident set, so ``VmHWM`` after the block minus ``VmRSS`` before it is the
+    most memory the block held at once, whichever library allocated it. Memory freed
+    earlier but kept by the C allocator would be reused without showing up, so it is
+    first handed back with glibc's ``malloc_trim(0)``. ``mb`` stays None where the
+    kernel offers no such reset.
+    """
+
+    def __enter__(self):
+        self.mb = None
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._start = self._read("VmRSS")
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is not None:
+            self.mb = (self._read("VmHWM") - self._start) / 1024
+
+    @staticmethod
+    def _read(field):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])  # kB
+        raise OSError(f"no {field} in /proc/self/status")
 
 
 def make_inputs(size, seed=0):
@@ -140,10 +193,14 @@ def cpu_rows(sizes, repeats, torch):
         params, xs, s0, dys = make_inputs(size)
         row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
         for impl in ("reference", "fast"):
-            row[f"numpy_{impl}_ms"] = 1e3 * median_time(rhn_step(params, xs, s0, dys, impl), repeats)
-        tracemalloc.start()
+            step = rhn_step(params, xs, s0, dys, impl)
+            row[f"numpy_{impl}_ms"] = 1e3 * median_time(step, repeats)
+            with PeakRSS() as peak:
+                step()
+            row[f"numpy_{impl}_peak_mb"] = peak.mb
+        tracemalloc.start()  # NumPy reports its allocations to tracemalloc: an exact count
         rhn_step(params, xs, s0, dys, "reference")()
-        row["numpy_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        row["numpy_traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         ys, cache = rhn.forward(params, xs, s0)
         row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
@@ -152,6 +209,9 @@ def cpu_rows(sizes, repeats, torch):
         if torch is not None:
             step, _ = torch_eager_step(torch, params, xs, s0, dys, "cpu")
             row["torch_eager_ms"] = 1e3 * median_time(step, repeats)
+            with PeakRSS() as peak:
+                step()
+            row["torch_eager_peak_mb"] = peak.mb
             for impl in ("reference", "fast"):
                 row[f"ratio_{impl}_vs_torch"] = row[f"numpy_{impl}_ms"] / row["torch_eager_ms"]
         rows.append(row)
@@ -220,42 +280,121 @@ def gpu_rows(sizes, repeats, torch):
     return rows
 
 
-def table(rows):
-    lines = []
+def _fmt(v, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return (f"{v:.2g}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.3g}" if v < 1000 else f"{v:,.0f}") + unit
+    return f"{v}{unit}"
+
+
+def markdown(columns, rows):
+    """A Markdown table: ``columns`` is a list of (header, key, unit); missing keys show –."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        cols = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()]
-        lines.append("  ".join(cols))
+        lines.append("| " + " | ".join(_fmt(r.get(k), u) for _, k, u in columns) + " |")
     return "\n".join(lines)
+
+
+CPU_COLUMNS = [
+    ("size", "size", ""), ("NumPy reference", "numpy_reference_ms", " ms"), ("NumPy fast", "numpy_fast_ms", " ms"),
+    ("PyTorch eager", "torch_eager_ms", " ms"), ("reference / PyTorch", "ratio_reference_vs_torch", ""),
+    ("fast / PyTorch", "ratio_fast_vs_torch", ""), ("peak RSS, reference", "numpy_reference_peak_mb", " MiB"),
+    ("peak RSS, fast", "numpy_fast_peak_mb", " MiB"), ("peak RSS, PyTorch", "torch_eager_peak_mb", " MiB"),
+    ("cache", "cache_mb", " MiB"), ("minimum", "cache_min_mb", " MiB"),
+]
+GPU_COLUMNS = [
+    ("size", "size", ""), ("CuPy captured", "cupy_graph_ms", " ms"), ("CuPy fast", "cupy_fast_raw_ms", " ms"),
+    ("CuPy fast, ElementwiseKernel", "cupy_fast_elementwise_ms", " ms"), ("CuPy reference", "cupy_reference_ms", " ms"),
+    ("PyTorch eager", "torch_eager_ms", " ms"), ("PyTorch CUDA graph", "torch_graph_ms", " ms"),
+    ("captured / graph", "ratio_cupy_graph_vs_torch_graph", ""), ("captured / eager", "ratio_cupy_graph_vs_torch_eager", ""),
+    ("fast / graph", "ratio_cupy_fast_raw_vs_torch_graph", ""), ("fast / eager", "ratio_cupy_fast_raw_vs_torch_eager", ""),
+    ("peak, CuPy fast", "cupy_fast_raw_pool_mb", " MiB"), ("peak, CuPy captured", "cupy_graph_pool_mb", " MiB"),
+    ("peak, PyTorch eager", "torch_eager_peak_mb", " MiB"), ("cache", "cache_mb", " MiB"), ("minimum", "cache_min_mb", " MiB"),
+]
+LM_COLUMNS = [
+    ("preset", "preset", ""), ("backend", "backend", ""), ("V", "vocab", ""), ("n", "hidden", ""), ("L", "depth", ""),
+    ("B", "batch", ""), ("T", "bptt", ""), ("step", "step_ms", " ms"), ("tokens/s", "tokens_per_s", ""),
+]
+
+
+def lm_rows(presets, backend_name, repeats):
+    """The trainer's full language-model step per preset (see ``bench_lm.py``)."""
+    import bench_lm  # next to this file
+
+    rows = []
+    for preset in presets:
+        try:
+            row = bench_lm.bench(preset, backend_name, repeats)
+        except Exception as exc:  # report, never hide
+            row = {"preset": preset, "backend": backend_name, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def report(meta, layer, lm):
+    out = ["", "```", json.dumps(meta), "```"]
+    for device, columns in (("cpu", CPU_COLUMNS), ("gpu", GPU_COLUMNS)):
+        rows = [r for r in layer if r["device"] == device]
+        if rows:
+            out += ["", f"Forward + BPTT of one window, {device.upper()} (median):", "", markdown(columns, rows)]
+    if lm:
+        out += ["", "Full language-model training step (the trainer's, median):", "", markdown(LM_COLUMNS, lm)]
+    errors = [f"{r.get('size') or r.get('preset')}: {k} = {v}" for r in layer + lm for k, v in r.items() if "error" in k]
+    if errors:
+        out += ["", "Errors:", *errors]
+    return "\n".join(out)
+
+
+def blas_threads() -> int:
+    """The threads NumPy's BLAS uses: its environment variable if set, else every core."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    return os.cpu_count() or 1
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, gpu, or both: cpu,gpu")
     ap.add_argument("--sizes", default="small,ptb_paper", help=f"comma-separated, from {', '.join(SIZES)}")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--lm", default="auto",
+                    help="presets whose language-model step to time (comma-separated), 'auto' for the "
+                         f"presets of the sizes ({', '.join(f'{k}: {v}' for k, v in LM_PRESET.items())}), or 'none'")
+    ap.add_argument("--lm-repeats", type=int, default=3)
     ap.add_argument("--json", help="write the rows here as JSON")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     for s in sizes:
         if s not in SIZES:
             ap.error(f"unknown size {s!r}; choose from {', '.join(SIZES)}")
+    devices = [d for d in args.device.split(",") if d]
+    if not devices or any(d not in ("cpu", "gpu") for d in devices):
+        ap.error(f"--device must be cpu, gpu or cpu,gpu, got {args.device!r}")
+    presets = ([LM_PRESET[s] for s in sizes] if args.lm == "auto" else
+               [] if args.lm == "none" else [p for p in args.lm.split(",") if p])
+    threads = blas_threads()
     try:
         import torch
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(threads)  # the same number of threads as NumPy's BLAS: a fair race
     except ImportError:
         torch = None
         print("PyTorch is not installed: no baseline (pip install 'rhn-np[bench]')", file=sys.stderr)
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-            "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
-    rows = (cpu_rows if args.device == "cpu" else gpu_rows)(sizes, args.repeats, torch)
-    if args.device == "gpu":
+            "cpu_count": os.cpu_count(), "cpu_threads": threads, "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
+    layer, lm = [], []
+    for device in devices:
+        layer += (cpu_rows if device == "cpu" else gpu_rows)(sizes, args.repeats, torch)
+        lm += lm_rows(presets, "numpy" if device == "cpu" else "cupy", args.lm_repeats)
+    if "gpu" in devices:
         meta.update({k: v for k, v in backend.describe().items() if k != "backends"})
-    print("\n" + json.dumps(meta))
-    print(table(rows))
+    print(report(meta, layer, lm))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+            json.dump({"meta": meta, "rows": layer, "lm": lm}, fh, indent=2)
 
 
 if __name__ == "__main__":
