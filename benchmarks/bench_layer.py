@@ -375,6 +375,11 @@ def main(argv=None):
         ap.error(f"--device must be cpu, gpu or cpu,gpu, got {args.device!r}")
     presets = ([LM_PRESET[s] for s in sizes] if args.lm == "auto" else
                [] if args.lm == "none" else [p for p in args.lm.split(",") if p])
+    import bench_lm  # next to this file
+
+    for p in presets:
+        if p not in bench_lm.VOCAB:
+            ap.error(f"unknown preset {p!r} for --lm; choose from {', '.join(bench_lm.VOCAB)}, 'auto' or 'none'")
     threads = blas_threads()
     try:
         import torch

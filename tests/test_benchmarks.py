@@ -55,3 +55,5 @@ def test_bad_arguments_are_refused():
         bench_layer.main(["--sizes", "huge"])
     with pytest.raises(SystemExit):
         bench_layer.main(["--device", "tpu"])
+    with pytest.raises(SystemExit):
+        bench_layer.main(["--lm", "imagenet"])
