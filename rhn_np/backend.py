@@ -221,7 +221,11 @@ def to_device(x, backend: str | Backend = "numpy", dtype=None):
     if be.name == "numpy":
         return np.array(host, copy=True)
     if be.name == "cupy":
-        return _import_cupy().asarray(host)
+        cp = _import_cupy()
+        if be.device is None:
+            return cp.asarray(host)
+        with be.device:  # the backend's GPU, not merely the current one
+            return cp.asarray(host)
     return be.xp.asarray(host, device=be.device)
 
 

@@ -303,7 +303,7 @@ import cupy as cp, numpy as np
 from rhn_np import backend, optim, train
 x = cp.zeros((3, 2), dtype=cp.float32)
 y = backend.to_device(np.ones((3, 2)), backend.of(x), dtype=x.dtype)
-assert backend.name_of(y) == "cupy" and y.dtype == cp.float32
+assert backend.name_of(y) == "cupy" and y.dtype == cp.float32 and y.device == x.device
 backend.scatter_add_rows(x, cp.asarray([0, 0, 2]), cp.ones((3, 2), dtype=cp.float32))
 np.testing.assert_array_equal(backend.to_host(x), [[2, 2], [0, 0], [1, 1]])
 ref = optim.Adam(lr=0.1)
@@ -320,3 +320,15 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_to_device_uses_the_backends_gpu_not_the_current_one():
+    cp = backend._import_cupy()
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    with cp.cuda.Device(1):
+        x = cp.zeros(3)
+    with cp.cuda.Device(0):  # the current device is GPU 0; x lives on GPU 1
+        y = backend.to_device(np.ones(3), backend.of(x))
+    assert y.device.id == 1
+
