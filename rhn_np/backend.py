@@ -355,6 +355,12 @@ class _NumpyGateKernels(_StepPlans):
     def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
 
+    def backward_steps(self, R, *buffers):
+        # The same R, stored so that each R[l].T is C-contiguous: OpenBLAS multiplies by
+        # it about 10 % faster than by a transposed view (backward, small size).
+        R_t = np.ascontiguousarray(np.swapaxes(R, 1, 2))
+        return super().backward_steps(np.swapaxes(R_t, 1, 2), *buffers)
+
     @staticmethod
     def contiguous(x):
         return np.ascontiguousarray(x)

@@ -258,17 +258,18 @@ def _step_forward(a_x, s, R, b, m_s, coupled):
     return s, layers
 
 
-def _step_backward(ds, layers, R, m_s):
+def _step_backward(ds, layers, R_t, m_s):
     """Backward of :func:`_step_forward`: micro-layers L..1.
 
     ds : (B, n) gradient arriving at the step's output state.
+    R_t : (L, k·n, n) the fused recurrent weights transposed, ``R_t[l] = R[l]ᵀ``.
     Returns ∂L/∂s (previous step's state) and, per micro-layer, ∂L/∂a (B, k·n).
     """
     das = [None] * len(layers)
     for l in reversed(range(len(layers))):
         s_in, h, t, c = layers[l]
         da, ds_carry = micro_backward(ds, s_in, h, t, c)
-        ds_tr = da @ R[l, ...].T  # (B, n) through the transforms
+        ds_tr = da @ R_t[l, ...]  # (B, n) through the transforms: ∂L/∂a @ R[ℓ]ᵀ
         ds = ds_carry + (ds_tr if m_s is None else ds_tr * m_s)
         das[l] = da
     return ds, das
@@ -498,6 +499,10 @@ def backward(params, cache, dys, ds_last=None):
 
     W, R, _ = fuse_params(params)
     kn = R.shape[2]
+    # Rᵀ of every micro-layer, copied once per window: a BLAS multiplies by a stored Rᵀ
+    # faster than by a transposed view (about 10 % of the backward at the small size).
+    R_t = xp.reshape(xp.matrix_transpose(R), (depth, kn, n), copy=True)
+    del R  # only its transpose is needed from here on: no second copy held
     dev = _backend.device_of(dys)
     S, Hs, Ts, Cs, m_s, m_x = cache["S"], cache["H"], cache["T"], cache["C"], cache["m_s"], cache["m_x"]
 
@@ -506,7 +511,7 @@ def backward(params, cache, dys, ds_last=None):
     for t in reversed(range(T)):
         ds = ds + dys[t, ...]
         layers = [(S[l, t, ...], Hs[l, t, ...], Ts[l, t, ...], None if Cs is None else Cs[l, t, ...]) for l in range(depth)]
-        ds, das = _step_backward(ds, layers, R, m_s)
+        ds, das = _step_backward(ds, layers, R_t, m_s)
         for l in range(depth):
             dA[l, t, ...] = das[l]
     ds0 = ds
