@@ -498,7 +498,12 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     spec = DATASETS[key]
     overrides = _sha256_overrides(key, spec, sha256)
     if root is not None:
-        paths = _locate_in_root(key, spec, pathlib.Path(os.fspath(root)).expanduser())
+        root = pathlib.Path(os.fspath(root)).expanduser()
+        if not root.is_dir():
+            raise DataNotFoundError(
+                f"data set {key!r}: the data folder {root} does not exist (rhn-np: --data-dir). Give the folder "
+                f"that holds the files, or its parent; leave it out to use the download cache ({cache_dir()}).")
+        paths = _locate_in_root(key, spec, root)
         verify = False
     else:
         paths = _locate_in_cache(key, spec, download, overrides)
@@ -611,10 +616,9 @@ def _not_found_message(key, spec, folders, *, from_root=False, reason=None) -> s
     if key == "ptb-char":
         ptb = DATASETS["ptb"]
         lines.append(
-            "ptb-char has no canonical download: it is derived from the PTB word files "
+            "Without a data folder, ptb-char is built in the cache from the PTB word-level files "
             + ", ".join(ptb["files"])
-            + f" found in {cache_dir() / ptb['folder']} (downloaded there by load('ptb') or by "
-            "load('ptb-char', download=True)), from: "
+            + f", downloaded into {cache_dir() / ptb['folder']} from: "
             + ", ".join(entry["url"] for entry in ptb["files"].values())
         )
     else:
@@ -623,9 +627,8 @@ def _not_found_message(key, spec, folders, *, from_root=False, reason=None) -> s
         ))
     target = folders[0]
     if from_root:
-        lines.append(f"Put the files in {' or '.join(str(f) for f in folders)}, or call load({key!r}) without "
-                     f"root (rhn-np: without --data-dir) to use the cache ({cache_dir() / spec['folder']}), "
-                     "which downloads them.")
+        lines.append(f"Put the files in {' or '.join(str(f) for f in folders)}, or leave out the data folder "
+                     f"(rhn-np: --data-dir; Python: root=) to use the download cache ({cache_dir() / spec['folder']}).")
     else:
         lines.append(f"Put the files in {target} (set {DATA_HOME_ENV} to use another folder), "
                      f"or pass root=FOLDER holding them (rhn-np: --data-dir FOLDER).")
@@ -825,7 +828,11 @@ def _derive_ptb_char(spec, folder: pathlib.Path, download: bool) -> dict:
             "ptb-char", spec, [folder, word_folder],
             reason="download=False and the PTB word files to derive them from are not in the cache either",
         ))
-    word_paths = _locate_in_cache("ptb", ptb, download, {})
+    try:
+        word_paths = _locate_in_cache("ptb", ptb, download, {})
+    except DataNotFoundError as exc:
+        raise DataNotFoundError(
+            f"data set 'ptb-char' is built from the PTB word-level files, and these are missing:\n{exc}") from exc
     derived = {}
     for filename, entry in spec["files"].items():  # derive and check all three, then write
         word_file = entry["derive"]

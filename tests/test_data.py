@@ -392,11 +392,24 @@ def test_download_false_and_missing_root(tmp_path, cache, no_network):
         data.load("jsb", root=user)
     message = str(info.value)
     assert "jsb-chorales-quarter.json" in message and str(user / "jsb_chorales") in message and str(user) in message
-    with pytest.raises(data.DataNotFoundError, match="derived from the PTB word files"):
+    with pytest.raises(data.DataNotFoundError, match="built in the cache from the PTB word-level files"):
         data.load("ptb-char", download=False)
     with pytest.raises(data.DataNotFoundError, match="text8 or text8.zip"):
         data.load("text8", root=user)
     assert not (user / "text8").exists() and all_files(cache) == []
+    with pytest.raises(data.DataNotFoundError, match=r"the data folder .*typo does not exist.*--data-dir"):
+        data.load("ptb", root=tmp_path / "typo")
+
+
+def test_ptb_char_offline_names_ptb_char_and_the_word_files(cache, monkeypatch):
+    url = f"http://127.0.0.1:{closed_port()}/ptb.train.txt"
+    patch_file(monkeypatch, "ptb", "ptb.train.txt", url=url)
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load("ptb-char")
+    message = str(info.value)
+    assert message.startswith("data set 'ptb-char' is built from the PTB word-level files, and these are missing")
+    assert "ptb.train.txt" in message and url in message
+    assert all_files(cache) == []
 
 
 # ----------------------------------------------------------------------------
