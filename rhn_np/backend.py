@@ -146,16 +146,17 @@ def get(name: str | Backend = "numpy") -> Backend:
         cp = _import_cupy()
         if cp is None:
             raise RuntimeError(
-                f"backend='cupy' is not usable here ({_cupy_error}). Install the GPU extra "
-                "(pip install 'rhn-np[gpu]' for CUDA 12, 'rhn-np[gpu-cuda13]' for CUDA 13) on a "
-                "machine with an NVIDIA GPU, or use backend='numpy'."
+                f"backend='cupy' is not usable here ({_cupy_error}). On a machine with an NVIDIA GPU, "
+                "install the GPU extra for its CUDA major version (in the project folder: "
+                "pip install -e '.[gpu-cuda12]' or -e '.[gpu-cuda13]'), or use the numpy backend "
+                "(rhn-np: --backend numpy)."
             )
         return Backend("cupy", array_api_compat.array_namespace(cp.empty(0)), cp.cuda.Device())
     if key == "array_api_strict":
         try:
             import array_api_strict as strict
         except ImportError as exc:  # pragma: no cover - only in test envs without the extra
-            raise RuntimeError("backend='array_api_strict' needs the test extra: pip install 'rhn-np[test]'") from exc
+            raise RuntimeError("backend='array_api_strict' needs the test extra: pip install -e '.[test]'") from exc
         return Backend("array_api_strict", strict, strict.Device("device1"))
     raise ValueError(f"unknown backend {name!r}; expected one of 'numpy', 'cupy', 'auto', 'array_api_strict'")
 

@@ -44,6 +44,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
+def _steps(n: int) -> str:
+    return f"{n:,} step" + ("" if n == 1 else "s")
+
+
 def _score(rec: dict) -> str:
     if rec.get("level") == "char" or (rec.get("bpc") is not None and rec.get("level") is None):
         return f"{rec['bpc']:.3f} bits per character (nll {rec['nll']:.4f} nats)"
@@ -104,7 +108,7 @@ def _train(args) -> int:
     print(f"training on {ds.name} ({ds.level} level, {len(ds.train):,} training {'sequences' if ds.kind != 'tokens' else 'symbols'}, "
           f"vocabulary {ds.vocab_size}) with preset {preset}: depth {cfg.depth}, {cfg.hidden} units, "
           f"{n_params:,} parameters, batch {cfg.batch_size} x {cfg.bptt} steps, {cfg.optimizer} lr {cfg.lr:g}, "
-          f"{trainer.total_steps():,} steps, backend {trainer.be.name} {cfg.dtype}")
+          f"{_steps(trainer.total_steps())}, backend {trainer.be.name} {cfg.dtype}")
     print(f"work folder: {work_dir}")
     try:
         summary = trainer.run()
@@ -112,7 +116,7 @@ def _train(args) -> int:
         return 130
     last = summary["last_valid"]
     speed = f", {summary['tokens_per_s']:,.0f} tokens/s with validation" if summary.get("tokens_per_s") else ""
-    print(f"\ndone: {summary['steps']:,} steps (epoch {summary['epoch']}) in {_fmt_time(summary['seconds'])}{speed}")
+    print(f"\ndone: {_steps(summary['steps'])} (epoch {summary['epoch']}) in {_fmt_time(summary['seconds'])}{speed}")
     if last is not None:
         print(f"validation: {_score(last)}")
     if summary.get("best_valid_nll") is not None and last is not None and summary["best_valid_nll"] < last["nll"]:
@@ -136,7 +140,7 @@ def _evaluate(args) -> int:
     from tqdm.auto import tqdm
 
     total = len(getattr(ds, args.split)) if ds.kind == "tokens" else None
-    with tqdm(total=total, unit="tok", disable=args.quiet or total is None, desc=f"{args.split}") as bar:
+    with tqdm(total=total, unit="tok", disable=True if (args.quiet or total is None) else None, desc=f"{args.split}") as bar:
         res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update)
     rec = {"split": args.split, **res, "step": meta["step"], "epoch": meta["epoch"], "lr": None,
            "tokens_per_s": None, "level": ds.level, "dataset": ds.name, "batch_size": batch,
@@ -157,6 +161,16 @@ def _sample(args) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default where it has a real one and the help does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rhn-np", description="Recurrent Highway Networks in NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"rhn_np {__version__}")
@@ -165,13 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.set_defaults(func=_info)
 
     p = sub.add_parser(
-        "train", help="train a model (no arguments: the demo preset on the embedded pydoc corpus)",
+        "train", help="train a model (no arguments: the demo preset on the embedded pydoc corpus)", formatter_class=_Help,
         description="Train an RHN language model. With no arguments: the 'demo' preset, a small character "
                     "model on the embedded 'pydoc' corpus, a few minutes on a laptop CPU. Options override "
                     "the preset's values.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration (default: demo)")
     p.add_argument("--dataset", help="ptb, ptb-char, text8, enwik8, jsb or pydoc (default: the preset's)")
-    p.add_argument("--data-dir", help="folder holding the data files (default: the download cache)")
+    p.add_argument("--data-dir", help="folder holding the data files, or its parent (default: the download cache, "
+                                      "$RHN_NP_DATA_HOME or ~/.cache/rhn_np, where missing files are downloaded)")
     p.add_argument("--depth", type=int, help="recurrence depth L")
     p.add_argument("--hidden", type=int, help="RHN units n")
     p.add_argument("--emb", type=int, help="embedding width (default: hidden when tied, vocabulary size at char level)")
@@ -198,34 +213,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, help="stop after this many minutes (then validate and save)")
     p.add_argument("--eval-every", type=int, help="validate every N steps (default: the preset's; once per epoch for the paper presets)")
     p.add_argument("--eval-batch-size", type=int, help="rows of the batched validation")
-    p.add_argument("--work-dir", help="folder for metrics, checkpoints and the learning curve (default: rhn-runs/<preset>)")
+    p.add_argument("--work-dir", help="folder for metrics, checkpoints and the learning curve (default: "
+                                      "rhn-runs/<preset, else data set>, then -2, -3, ... so that no run is overwritten)")
     p.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its checkpoint.npz")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backend", choices=("numpy", "cupy", "auto"))
-    p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--seed", type=int, help="seed of the initial weights, dropout masks and shuffling")
+    p.add_argument("--backend", choices=("numpy", "cupy", "auto"), help="array backend (default: numpy; auto: cupy if usable)")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
     p.add_argument("--sample-length", type=int, default=300, help="characters/words to sample at the end (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="score a trained run on a split (perplexity / bits per character)")
-    p.add_argument("--work-dir", required=True)
-    p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
+    p = sub.add_parser(
+        "evaluate", help="score a trained run on a split (perplexity / bits per character)",
+        formatter_class=_Help,
+        description="Score a trained run on one split: bits per character for character-level data, perplexity "
+                    "for words, nats per time step for JSB. The result is also appended to the run's metrics.jsonl.")
+    p.add_argument("--work-dir", required=True, help="the run's folder (as given to or printed by rhn-np train)")
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"), help="which split to score")
     p.add_argument("--batch-1", action="store_true", help="the authors' reported evaluation: batch size 1, the whole split in one pass")
     p.add_argument("--batch-size", type=int, help="evaluation rows (default: the run's eval batch size)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                   help="best: the best validation so far (best.npz); latest: the last save (checkpoint.npz)")
     p.add_argument("--data-dir", help="where the data files are (default: the run's)")
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"))
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"), help="array backend")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("sample", help="generate text from a trained run")
-    p.add_argument("--work-dir", required=True)
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       formatter_class=_Help,
+                       description="Generate text from a trained run, one symbol at a time from the softmax.")
+    p.add_argument("--work-dir", required=True, help="the run's folder (as given to or printed by rhn-np train)")
     p.add_argument("--length", type=int, default=500, help="symbols to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (<1: more conservative)")
     p.add_argument("--prime", help="text to feed in first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=("best", "latest"))
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                   help="best: the best validation so far (best.npz); latest: the last save (checkpoint.npz)")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"), help="array backend")
     p.set_defaults(func=_sample)
     return parser
 

@@ -143,35 +143,35 @@ class Config:
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise ValueError(f"{_label(name)} must be a positive integer, got {v!r}")
         for name in ("max_steps", "eval_every", "emb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+                raise ValueError(f"{_label(name)} must be a positive integer or unset (None), got {v!r}")
         for name in ("drop_x", "drop_i", "drop_h", "drop_o"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
-                raise ValueError(f"{name} is a drop probability and must lie in [0, 1), got {v!r}")
+                raise ValueError(f"{_label(name)} is a drop probability and must lie in [0, 1), got {v!r}")
         for name, lo in (("lr", 0.0), ("clip", 0.0), ("init_scale", 0.0)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > lo):
-                raise ValueError(f"{name} must be a finite number > {lo}, got {v!r}")
+                raise ValueError(f"{_label(name)} must be a finite number > {lo}, got {v!r}")
         if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay >= 1.0):
-            raise ValueError(f"lr_decay divides the learning rate each epoch after max_epoch and must be >= 1, got {self.lr_decay!r}")
+            raise ValueError(f"{_label('lr_decay')} divides the learning rate each epoch after max_epoch and must be >= 1, got {self.lr_decay!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0.0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ValueError(f"{_label('weight_decay')} must be >= 0, got {self.weight_decay!r}")
         if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"time_limit is in minutes and must be > 0, got {self.time_limit!r}")
+            raise ValueError(f"{_label('time_limit')} is in minutes and must be > 0, got {self.time_limit!r}")
         if self.lr_schedule not in ("epoch", "cosine"):
-            raise ValueError(f"lr_schedule must be 'epoch' (the authors') or 'cosine', got {self.lr_schedule!r}")
+            raise ValueError(f"{_label('lr_schedule')} must be 'epoch' (the authors') or 'cosine', got {self.lr_schedule!r}")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+            raise ValueError(f"{_label('optimizer')} must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+            raise ValueError(f"{_label('dtype')} must be 'float32' or 'float64', got {self.dtype!r}")
         if self.backend not in ("numpy", "cupy", "auto", "array_api_strict"):
-            raise ValueError(f"backend must be 'numpy', 'cupy' or 'auto', got {self.backend!r}")
+            raise ValueError(f"{_label('backend')} must be 'numpy', 'cupy' or 'auto', got {self.backend!r}")
         if self.tied and self.emb is not None and self.emb != self.hidden:
-            raise ValueError(f"weight tying needs emb == hidden, got emb={self.emb}, hidden={self.hidden}")
+            raise ValueError(f"weight tying (--tied) needs emb == hidden (--emb, --hidden), got emb={self.emb}, hidden={self.hidden}")
         return self
 
     def to_dict(self) -> dict:
@@ -223,6 +223,11 @@ PRESETS: dict[str, dict] = {
         eval_every=None, eval_batch_size=16,
     ),
 }
+
+
+def _label(field: str) -> str:
+    """A Config field with its ``rhn-np train`` option, for messages: ``lr (--lr)``."""
+    return field if field == "log_every" else f"{field} (--{field.replace('_', '-')})"
 
 
 def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05) -> float:
@@ -591,7 +596,6 @@ class Trainer:
     def __init__(self, cfg: Config, work_dir, *, ds=None, progress: bool = True, out=print):
         self.cfg = cfg.check()
         self.work_dir = os.fspath(work_dir)
-        os.makedirs(self.work_dir, exist_ok=True)
         self.out = out
         self.progress = progress
         self.ds = ds if ds is not None else _data.load(cfg.dataset, root=cfg.data_dir)
@@ -607,6 +611,7 @@ class Trainer:
                 raise ValueError(
                     f"the training split ({len(self.ds.train)} tokens) is too short for batch_size={cfg.batch_size} "
                     f"and bptt={cfg.bptt}: each of the rows needs more than bptt tokens")
+        os.makedirs(self.work_dir, exist_ok=True)  # only now: a run that cannot start leaves no folder
         self.step = 0
         self.best_nll = math.inf
         self.order = None  # the epoch's sequence order (JSB)
@@ -764,8 +769,9 @@ class Trainer:
             if v is None or stored.get(k) == v:
                 continue
             if k not in allowed:
-                raise RunError(f"--resume continues the run as it was configured; {k} was {stored.get(k)!r} and "
-                               f"cannot change to {v!r} (allowed to change: {', '.join(sorted(allowed))})")
+                raise RunError(f"--resume continues the run as it was configured; {_label(k)} was {stored.get(k)!r} "
+                               f"and cannot change to {v!r} (allowed to change: "
+                               f"{', '.join(_label(a) for a in sorted(allowed))})")
             stored[k] = v
         cfg = Config.from_dict(stored).check()
         self = cls(cfg, work_dir, progress=progress, out=out, ds=ds)
@@ -804,7 +810,7 @@ class Trainer:
         total = self.total_steps()
         start_step, t_start = self.step, time.time()
         eval_every = cfg.eval_every or self.epoch_size
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+        bar = tqdm(total=total, initial=self.step, disable=None if self.progress else True, unit="step", dynamic_ncols=True,
                    desc=f"{self.ds.name}")
         running = None
         say = bar.write if self.progress else self.out
@@ -844,7 +850,8 @@ class Trainer:
                 # Between two steps: parameters, optimiser, state and generator agree.
                 self.log_train()
                 path = self.save("checkpoint.npz")
-                self.out(f"interrupted at step {self.step}: saved {path}; continue with --resume")
+                self.out(f"interrupted at step {self.step}: saved {path}; continue with: "
+                         f"rhn-np train --work-dir {self.work_dir} --resume")
                 self.interrupted_summary = self._summary(start_step, t_start)
                 raise KeyboardInterrupt
         if self._last_eval_step != self.step:
@@ -923,6 +930,11 @@ def load_run(work_dir, which: str = "best", backend="numpy"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     path = os.path.join(os.fspath(work_dir), name)
     if not os.path.exists(path):
+        if which == "best" and os.path.exists(os.path.join(os.fspath(work_dir), "checkpoint.npz")):
+            raise RunError(
+                f"no best.npz in {work_dir} yet (it is written at the first validation): use the latest checkpoint "
+                f"(rhn-np: --checkpoint latest; Python: which='latest'), or continue training "
+                f"(rhn-np train --work-dir {work_dir} --resume)")
         raise RunError(f"no {name} in {work_dir}: train a model there first (rhn-np train --work-dir {work_dir})")
     arrays, meta = _checkpoint.load(path, backend=backend)
     _check_run_meta(meta, path)

@@ -98,8 +98,11 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
         (["train", "--resume", "--work-dir", str(tmp_path / "none")], "no checkpoint.npz"),
         (["train", "--dataset", "nope", "--work-dir", str(tmp_path / "x")], "nope"),
         (["train", "--work-dir", str(demo_run)], "already holds a run"),
-        (["train", "--resume", "--depth", "5", "--work-dir", str(demo_run)], "depth was 3 and cannot change"),
-        (["train", "--hidden", "0", "--work-dir", str(tmp_path / "y")], "hidden must be a positive integer"),
+        (["train", "--resume", "--depth", "5", "--work-dir", str(demo_run)], "depth (--depth) was 3 and cannot change"),
+        (["train", "--hidden", "0", "--work-dir", str(tmp_path / "y")], "hidden (--hidden) must be a positive integer"),
+        (["train", "--drop-h", "1.5", "--work-dir", str(tmp_path / "y")], "drop_h (--drop-h) is a drop probability"),
+        (["train", "--dataset", "ptb-char", "--data-dir", str(tmp_path / "typo"), "--work-dir", str(tmp_path / "y")],
+         "typo does not exist"),
         (["sample", "--work-dir", str(demo_run), "--prime", "\u00e9t\u00e9"], "cannot encode"),
     ]
     from rhn_np import backend
@@ -110,6 +113,7 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
         assert cli.main(argv) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+    assert not any((tmp_path / d).exists() for d in "xyz"), "a run that cannot start leaves no folder"
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "best.npz").write_bytes(b"not a zip file at all")

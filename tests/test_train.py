@@ -388,12 +388,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path
     assert all(np.isfinite(a).all() for a in arrays.values())
 
 
+def test_load_run_before_the_first_validation_points_to_the_latest_checkpoint(tiny, tmp_path):
+    tr = run(tiny_cfg(max_steps=4), tiny, tmp_path / "run")
+    tr.run()
+    (tmp_path / "run" / "best.npz").unlink()  # as after Ctrl+C before the first validation
+    with pytest.raises(T.RunError, match=r"no best.npz .* yet .*--checkpoint latest.*--resume"):
+        T.load_run(tmp_path / "run")
+    params, _, _ = T.load_run(tmp_path / "run", "latest")
+    assert set(params) == set(tr.params)
+    with pytest.raises(T.RunError, match="train a model there first"):
+        T.load_run(tmp_path / "empty")
+
+
 def test_resume_errors(tiny, tmp_path):
     with pytest.raises(T.RunError, match="no checkpoint.npz"):
         T.Trainer.resume(tmp_path / "nothing", ds=tiny)
     tr = run(tiny_cfg(max_steps=10), tiny, tmp_path / "run")
     tr.run()
-    with pytest.raises(T.RunError, match="depth was 2 and cannot change to 3"):
+    with pytest.raises(T.RunError, match=r"depth \(--depth\) was 2 and cannot change to 3"):
         T.Trainer.resume(tmp_path / "run", overrides={"depth": 3}, ds=tiny)
     with pytest.raises(T.RunError, match="already holds a run"):
         T.train(tiny_cfg(), tmp_path / "run")
