@@ -284,7 +284,7 @@ def _fmt(v, unit=""):
     if v is None:
         return "–"
     if isinstance(v, float):
-        return (f"{v:.2g}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.3g}" if v < 1000 else f"{v:,.0f}") + unit
+        return (f"{v:.2g}" if v < 0.1 else f"{v:.2f}" if v < 10 else f"{v:.3g}" if v < 1000 else f"{v:,.0f}") + unit
     return f"{v}{unit}"
 
 
@@ -387,7 +387,7 @@ def main(argv=None):
         torch.set_num_threads(threads)  # the same number of threads as NumPy's BLAS: a fair race
     except ImportError:
         torch = None
-        print("PyTorch is not installed: no baseline (pip install 'rhn-np[bench]')", file=sys.stderr)
+        print("PyTorch is not installed: no baseline (pip install -e '.[bench]')", file=sys.stderr)
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "cpu_threads": threads, "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
     layer, lm = [], []
