@@ -14,6 +14,7 @@ checkpoint and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -93,6 +94,9 @@ def _train(args) -> int:
     cfg = T.config_from_preset(preset, **overrides)
     if args.epochs is not None and args.max_steps is None:
         cfg.max_steps = None  # --epochs alone: that many epochs, not the preset's step count
+    if args.print_config:  # the resolved configuration, nothing trained or written
+        print(json.dumps(cfg.check().to_dict(), indent=2))
+        return 0
     name = args.preset or (args.dataset or "demo")
     work_dir = args.work_dir or (_latest_work_dir(name) if args.resume else _default_work_dir(name))
     if args.resume:
@@ -221,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
     p.add_argument("--sample-length", type=int, default=300, help="characters/words to sample at the end (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the configuration the preset and options resolve to, as JSON, and exit")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(

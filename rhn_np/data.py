@@ -390,6 +390,8 @@ class Dataset:
             i = self._index.get(s)
             if i is None:
                 hint = f" (its symbols: {''.join(self.vocab)!r})" if codec == "chars" and self.vocab_size <= 100 else ""
+                if codec == "ptb-char" and s.lower() in self._index:
+                    hint = " (Penn Treebank text is lower case)"
                 raise ValueError(
                     f"cannot encode {s!r} (position {k} of the symbols of the text): it is not in the "
                     f"{self.name} vocabulary of {self.vocab_size} symbols{hint}"

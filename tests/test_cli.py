@@ -92,6 +92,14 @@ def test_evaluate_and_sample(demo_run, capsys):
     assert capsys.readouterr().out == text  # same seed, same text
 
 
+def test_print_config_resolves_preset_and_options_without_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--preset", "ptb_sota", "--depth", "4", "--epochs", "3", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg == {**T.config_from_preset("ptb_sota").to_dict(), "depth": 4, "epochs": 3, "max_steps": None}
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
     cases = [
         (["evaluate", "--work-dir", str(tmp_path / "none")], "no best.npz"),

@@ -306,6 +306,8 @@ def test_ptb_char_download_derives_from_the_word_files(server, cache, monkeypatc
     ds = data.load("ptb-char")
     assert sorted(server.requests) == ["/ptb.test.txt", "/ptb.train.txt", "/ptb.valid.txt"]
     assert ds.decode(ds.train) == "the cat <unk>\na cat\n" and ds.decode(ds.test) == "the cat\n"
+    with pytest.raises(ValueError, match="cannot encode 'T'.*lower case"):
+        ds.encode("The cat")
     assert all_files(cache / "ptb_char") == ["ptb.char.test.txt", "ptb.char.train.txt", "ptb.char.valid.txt"]
 
 
