@@ -38,6 +38,7 @@ import tracemalloc
 
 import numpy as np
 
+import bench_lm  # next to this file: the trainer's LM step
 from rhn_np import backend, rhn
 
 SIZES = {  # name: (n_in, n, depth L, batch B, steps T)
@@ -320,8 +321,6 @@ LM_COLUMNS = [
 
 def lm_rows(presets, backend_name, repeats):
     """The trainer's full language-model step per preset (see ``bench_lm.py``)."""
-    import bench_lm  # next to this file
-
     rows = []
     for preset in presets:
         try:
@@ -375,8 +374,6 @@ def main(argv=None):
         ap.error(f"--device must be cpu, gpu or cpu,gpu, got {args.device!r}")
     presets = ([LM_PRESET[s] for s in sizes] if args.lm == "auto" else
                [] if args.lm == "none" else [p for p in args.lm.split(",") if p])
-    import bench_lm  # next to this file
-
     for p in presets:
         if p not in bench_lm.VOCAB:
             ap.error(f"unknown preset {p!r} for --lm; choose from {', '.join(bench_lm.VOCAB)}, 'auto' or 'none'")

@@ -262,7 +262,7 @@ class TokenBatches:
     """
 
     def __init__(self, stream, batch_size: int, bptt: int):
-        stream = _backend.to_host(stream) if hasattr(stream, "shape") else np.asarray(stream)
+        stream = _backend.to_host(stream)  # any backend's array, or a list
         if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
             raise ValueError(f"the token stream must be a 1-D integer array, got {stream.dtype} {stream.shape}")
         self.batch_size, self.bptt = int(batch_size), int(bptt)

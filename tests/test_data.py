@@ -378,6 +378,11 @@ def test_offline_download_gives_data_not_found(cache, monkeypatch):
     message = str(info.value)
     assert "ptb.train.txt" in message and str(cache / "ptb") in message and url in message
     assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(data.DataNotFoundError) as info:  # derived from the same missing word files
+        data.load("ptb-char")
+    message = str(info.value)
+    assert message.startswith("data set 'ptb-char' is built from the PTB word-level files, and these are missing")
+    assert "ptb.train.txt" in message and url in message
     assert all_files(cache) == []
 
 
@@ -402,16 +407,6 @@ def test_download_false_and_missing_root(tmp_path, cache, no_network):
     with pytest.raises(data.DataNotFoundError, match=r"the data folder .*typo does not exist.*--data-dir"):
         data.load("ptb", root=tmp_path / "typo")
 
-
-def test_ptb_char_offline_names_ptb_char_and_the_word_files(cache, monkeypatch):
-    url = f"http://127.0.0.1:{closed_port()}/ptb.train.txt"
-    patch_file(monkeypatch, "ptb", "ptb.train.txt", url=url)
-    with pytest.raises(data.DataNotFoundError) as info:
-        data.load("ptb-char")
-    message = str(info.value)
-    assert message.startswith("data set 'ptb-char' is built from the PTB word-level files, and these are missing")
-    assert "ptb.train.txt" in message and url in message
-    assert all_files(cache) == []
 
 
 # ----------------------------------------------------------------------------
