@@ -21,7 +21,8 @@ def test_cpu_run_writes_rows_tables_and_lm_step(tmp_path, capsys):
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert row["size"] == "small" and row["device"] == "cpu"
-    assert row["numpy_reference_ms"] > 0 and row["numpy_fast_ms"] > 0
+    assert row["numpy_reference_ms"] > 0 and row["numpy_fast_ms"] > 0 and row["numpy_gemm_only_ms"] > 0
+    assert row["ratio_reference_vs_gemm_only"] == pytest.approx(row["numpy_reference_ms"] / row["numpy_gemm_only_ms"])
     assert row["cache_mb"] == pytest.approx(row["cache_min_mb"])  # the cache is the minimum the backward needs
     assert row["numpy_traced_peak_mb"] >= row["cache_mb"]  # the window holds at least its cache
     if row.get("numpy_reference_peak_mb") is not None:
