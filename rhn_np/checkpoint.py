@@ -109,6 +109,9 @@ def load(path, backend="numpy"):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and suggest allow_pickle
+        raise CheckpointError(f"{path} is not a readable rhn_np checkpoint: not an .npz (zip) file "
+                              "(corrupted or truncated, or another format)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
@@ -118,6 +121,11 @@ def load(path, backend="numpy"):
             host = {name: npz[name] for name in names if name != _META}
     except CheckpointError:
         raise
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise CheckpointError(f"{path} is not a readable rhn_np checkpoint (corrupted or truncated?): {exc}") from exc
+        raise CheckpointError(f"{path} holds pickled Python objects, which rhn_np never loads (unpickling can run "
+                              "arbitrary code); an rhn_np checkpoint holds numeric arrays only") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable rhn_np checkpoint (corrupted or truncated?): {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -345,7 +345,8 @@ def _check_masks(xp, masks, B, n_in, n, dtype):
     if masks is None:
         return None, None
     if not isinstance(masks, dict) or not set(masks) <= {"x", "s"}:
-        raise ValueError(f"masks must be a dict with keys 'x' (B, n_in) and/or 's' (B, n), got {masks!r:.80}")
+        got = f"keys {sorted(map(str, masks))}" if isinstance(masks, dict) else type(masks).__name__
+        raise ValueError(f"masks must be a dict with keys 'x' (B, n_in) and/or 's' (B, n), got {got}")
     m_x, m_s = masks.get("x"), masks.get("s")
     _check_array(xp, "masks['x']", m_x, (B, n_in), dtype)
     _check_array(xp, "masks['s']", m_s, (B, n), dtype)
@@ -392,6 +393,9 @@ def step_forward(params, x, s_prev, masks=None):
     :func:`step_backward` runs ``_step_backward`` (:func:`micro_backward`, then the
     gradient through the transforms, micro-layer L down to 1).
     """
+    if not hasattr(x, "shape") or len(x.shape) != 2:
+        raise ValueError(f"x must be one step's input of shape (B, n_in), got {getattr(x, 'shape', type(x).__name__)}; "
+                         "for a window of T steps use rhn.forward (or theory.sequence_jacobians)")
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 
@@ -402,6 +406,12 @@ def step_backward(params, cache, ds):
     ds : (B, n) gradient of the loss with respect to the step's output state.
     Returns ``grads`` (dict like ``params``), ``dx`` (B, n_in) and ``ds_prev`` (B, n).
     """
+    if not isinstance(cache, dict) or cache.get("dims", (None,))[0] != 1:
+        raise TypeError("cache must be the second value returned by rhn.step_forward(...); "
+                        "for a window of T steps use rhn.backward")
+    B, n = cache["dims"][1], cache["dims"][3]
+    if not hasattr(ds, "shape") or tuple(ds.shape) != (B, n):
+        raise ValueError(f"ds must have shape (B, n) = {(B, n)}, got {getattr(ds, 'shape', type(ds).__name__)}")
     grads, dxs, ds_prev = backward(params, cache, ds[None, ...])
     return grads, dxs[0, ...], ds_prev
 

@@ -74,10 +74,13 @@ def test_foreign_npz_and_pickled_objects_are_refused(tmp_path):
         checkpoint.load(foreign)
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, w=np.array([{"evil": 1}], dtype=object), __meta__=np.frombuffer(b"{}", np.uint8))
-    with pytest.raises(checkpoint.CheckpointError):
+    with pytest.raises(checkpoint.CheckpointError, match="pickled Python objects, which rhn_np never loads") as err:
         checkpoint.load(pickled)
-    with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.load(_write(tmp_path / "x.npz", b"not a zip"))
+    assert "allow_pickle" not in str(err.value)  # never advise loading it unsafely
+    for junk in (b"not a zip", b"\x80\x04K\x01."):  # the second is a pickle, which np.load would offer to unpickle
+        with pytest.raises(checkpoint.CheckpointError, match=r"not an \.npz \(zip\) file") as err:
+            checkpoint.load(_write(tmp_path / "x.npz", junk))
+        assert "allow_pickle" not in str(err.value)
 
 
 def _write(path, data):

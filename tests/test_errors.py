@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_inputs, on
-from rhn_np import backend, rhn
+from rhn_np import backend, rhn, theory
 
 T, B, N_IN, N, DEPTH = 3, 2, 4, 5, 2
 
@@ -82,8 +82,8 @@ def test_input_shape_mismatch_names_the_input(layer, what, shape, pattern):
         ({"x": np.ones((B, N))}, r"masks\['x'\] has shape \(2, 5\), expected \(2, 4\)"),
         ({"s": np.ones((B, N_IN))}, r"masks\['s'\] has shape \(2, 4\), expected \(2, 5\)"),
         ({"s": np.ones((T, B, N))}, r"masks\['s'\] has shape"),
-        ({"h": np.ones((B, N))}, r"masks must be a dict with keys 'x'.*'s'"),
-        ([np.ones((B, N_IN))], r"masks must be a dict"),
+        ({"h": np.ones((B, N))}, r"masks must be a dict with keys 'x'.*'s'.*, got keys \['h'\]$"),
+        ([np.ones((B, N_IN))], r"masks must be a dict.*, got list$"),
     ],
 )
 def test_mask_mismatch_names_the_mask(layer, masks, pattern):
@@ -287,3 +287,19 @@ def test_none_for_a_required_array_is_named(layer, what):
         else:
             _, cache = rhn.forward(params, xs, s0)
             rhn.backward(params, cache, None)
+
+
+def test_step_functions_name_their_own_arguments(layer):
+    """rhn.step_forward / step_backward (and the theory functions built on them) take one
+    step: a window, or a gradient of the wrong shape, is named as such."""
+    params, xs, s0, _, _, _ = layer
+    with pytest.raises(ValueError, match=r"x must be one step's input of shape \(B, n_in\), got \(3, 2, 4\).*rhn\.forward"):
+        rhn.step_forward(params, xs, s0)
+    with pytest.raises(ValueError, match=r"x must be one step's input"):
+        theory.step_jacobian(params, xs, s0)
+    s, cache = rhn.step_forward(params, xs[0], s0)
+    with pytest.raises(ValueError, match=r"ds must have shape \(B, n\) = \(2, 5\), got \(1, 2, 5\)"):
+        rhn.step_backward(params, cache, s[None, ...])
+    _, window_cache = rhn.forward(params, xs, s0)
+    with pytest.raises(TypeError, match=r"rhn\.step_forward.*rhn\.backward"):
+        rhn.step_backward(params, window_cache, s)
