@@ -395,7 +395,9 @@ def _pick(xp, a, targets):
     """``a[t, b, targets[t, b]]`` for a (T, B, V): (T, B), one flat ``take``."""
     T, B, V = a.shape
     dev = _backend.device_of(a)
-    flat = xp.arange(T * B, dtype=targets.dtype, device=dev) * V + xp.reshape(targets, (T * B,))
+    # int64 whatever the ids' dtype: (T·B - 1)·V + V - 1 overflows uint8/uint16 ids at once
+    # and int32 ones past 2**31 (e.g. B 512, T 100, V 50k), which `take` would read silently.
+    flat = xp.arange(T * B, dtype=xp.int64, device=dev) * V + xp.astype(xp.reshape(targets, (T * B,)), xp.int64)
     return xp.reshape(xp.take(xp.reshape(a, (T * B * V,)), flat), (T, B))
 
 
@@ -452,7 +454,7 @@ def softmax_cross_entropy(logits, targets, weights=None):
     nll = -_pick(xp, logp, targets)  # (T, B)
     w = 1.0 / B if weights is None else xp.astype(weights, logits.dtype) / B  # (T, B) or scalar
     loss = xp.sum(nll * w)
-    onehot = targets[:, :, None] == xp.arange(V, dtype=targets.dtype, device=dev)  # (T, B, V) bool
+    onehot = xp.astype(targets, xp.int64)[:, :, None] == xp.arange(V, dtype=xp.int64, device=dev)  # (T, B, V) bool
     dlogits = xp.exp(logp) - xp.astype(onehot, logits.dtype)  # softmax - onehot
     dlogits = dlogits * (w if weights is None else w[:, :, None])
     return loss, dlogits

@@ -203,6 +203,21 @@ def test_softmax_ce_matches_naive_formula_and_numerical_gradient():
     assert float(np.sum(nll)) / B == pytest.approx(naive_ce(logits, TARGETS), rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64])
+def test_losses_do_not_depend_on_the_integer_type_of_the_ids(dtype):
+    """Token ids are often stored narrow (uint8 bytes, uint16 words); the flat index
+    T·B·V of the picked log-probabilities must not wrap around in their type."""
+    rng = np.random.default_rng(7)
+    Tn, Bn, Vn = 40, 20, 100  # T·B·V = 80,000 > 2**16: index arithmetic in 8 or 16 bits wraps
+    logits = rng.standard_normal((Tn, Bn, Vn))
+    targets = rng.integers(0, Vn, (Tn, Bn))
+    loss, dlogits = lm.softmax_cross_entropy(logits, targets.astype(dtype))
+    assert float(loss) == pytest.approx(naive_ce(logits, targets), rel=1e-12)
+    _, dref = lm.softmax_cross_entropy(logits, targets)
+    np.testing.assert_array_equal(dlogits, dref)
+    assert float(np.sum(lm.softmax_nll(logits, targets.astype(dtype)))) / Bn == pytest.approx(float(loss), rel=1e-12)
+
+
 def test_loss_scale_sums_over_time_and_averages_over_batch():
     # uniform logits: every token costs log V; loss = T·log V (not T·B·log V, not log V)
     loss, _ = lm.softmax_cross_entropy(np.zeros((3, 2, 4)), np.zeros((3, 2), dtype=np.int64))
