@@ -45,6 +45,7 @@ import json
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -470,11 +471,31 @@ def read_metrics(work_dir) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        lines = fh.read().split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines):  # no newline after it: a write cut short (a crash); the rest is intact
+                warnings.warn(f"{path}: ignoring its last line, a record cut short ({line[:40]!r}...)", stacklevel=2)
+                continue
+            raise ValueError(f"{path}, line {i}: not a JSON record ({exc.msg}); fix or delete that line") from None
+    return records
 
 
 def _append_metrics(work_dir, record: dict) -> None:
-    with open(os.path.join(work_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
+    path = os.path.join(work_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path, "r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(end - 1, 0))
+            if end and fh.read(1) != b"\n":  # a record cut short by a crash: drop that fragment
+                fh.seek(0)
+                fh.truncate(fh.read().rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -591,9 +612,23 @@ class Trainer:
     ``Trainer(cfg, work_dir).run()`` trains from scratch; ``Trainer.resume(work_dir)``
     continues from ``work_dir/checkpoint.npz``. The loop is :meth:`train_step` per
     window; :meth:`validate` evaluates, logs, checkpoints and plots.
+
+    A ``work_dir`` that already holds a run (a ``checkpoint.npz``) is refused, so no run
+    is overwritten by accident; ``overwrite=True`` deletes that run's files and starts
+    afresh there.
     """
 
-    def __init__(self, cfg: Config, work_dir, *, ds=None, progress: bool = True, out=print):
+    _RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "learning_curve.png")
+
+    def __init__(self, cfg: Config, work_dir, *, ds=None, progress: bool = True, out=print, overwrite: bool = False,
+                 _resuming: bool = False):
+        if not isinstance(cfg, Config):
+            raise TypeError(f"cfg must be a train.Config (e.g. train.config_from_preset('demo')), got {type(cfg).__name__}")
+        held = [f for f in ("checkpoint.npz", "best.npz") if os.path.exists(os.path.join(os.fspath(work_dir), f))]
+        if held and not (overwrite or _resuming):
+            raise RunError(f"{os.fspath(work_dir)} already holds a run ({', '.join(held)}); continue it with "
+                           "Trainer.resume(work_dir), start afresh there with overwrite=True (its files are deleted), "
+                           "or choose another work folder")
         self.cfg = cfg.check()
         self.work_dir = os.fspath(work_dir)
         self.out = out
@@ -611,6 +646,13 @@ class Trainer:
                 raise ValueError(
                     f"the training split ({len(self.ds.train)} tokens) is too short for batch_size={cfg.batch_size} "
                     f"and bptt={cfg.bptt}: each of the rows needs more than bptt tokens")
+        self._check_valid_split()  # now, not at the first validation after eval_every steps of training
+        if not _resuming:  # a fresh run: no records or checkpoints of an earlier one mixed in
+            for name in self._RUN_FILES:
+                old = os.path.join(self.work_dir, name)
+                if os.path.exists(old):
+                    os.remove(old)
+                    out(f"removed {old} of an earlier run")
         os.makedirs(self.work_dir, exist_ok=True)  # only now: a run that cannot start leaves no folder
         self.step = 0
         self.best_nll = math.inf
@@ -621,6 +663,15 @@ class Trainer:
         self._rec_tokens, self._rec_time = 0, 0.0  # throughput since the last "train" record
         self._train_tokens, self._train_time = 0, 0.0  # ... and since the last validation
         self._last_eval_step = -1
+
+    def _check_valid_split(self) -> None:
+        cfg, valid = self.cfg, self.ds.valid
+        if len(valid) == 0:
+            raise ValueError(f"the validation split of {self.ds.name} is empty: the trainer validates every "
+                             "eval_every steps and needs one")
+        if self.ds.kind != "piano_roll" and len(valid) // cfg.eval_batch_size < 2:
+            raise ValueError(f"the validation split ({len(valid)} tokens) cannot fill eval_batch_size="
+                             f"{cfg.eval_batch_size} rows of at least 2 tokens; use a smaller {_label('eval_batch_size')}")
 
     # -- bookkeeping ------------------------------------------------------------
     @property
@@ -774,7 +825,7 @@ class Trainer:
                                f"{', '.join(_label(a) for a in sorted(allowed))})")
             stored[k] = v
         cfg = Config.from_dict(stored).check()
-        self = cls(cfg, work_dir, progress=progress, out=out, ds=ds)
+        self = cls(cfg, work_dir, progress=progress, out=out, ds=ds, _resuming=True)
         self._restore(arrays, meta)
         return self
 

@@ -420,6 +420,39 @@ def test_resume_errors(tiny, tmp_path):
         T.Trainer.resume(tmp_path / "run", ds=tiny)
 
 
+def test_a_folder_holding_a_run_is_never_overwritten_by_accident(tiny, tmp_path):
+    cfg = tiny_cfg(max_steps=10)
+    run(cfg, tiny, tmp_path / "run").run()
+    before = {f: (tmp_path / "run" / f).read_bytes() for f in ("checkpoint.npz", "best.npz", "metrics.jsonl")}
+    with pytest.raises(T.RunError, match=r"already holds a run \(checkpoint.npz, best.npz\).*Trainer.resume.*overwrite=True"):
+        run(cfg, tiny, tmp_path / "run")
+    assert {f: (tmp_path / "run" / f).read_bytes() for f in before} == before
+    n_records = len(T.read_metrics(tmp_path / "run"))
+    said = []
+    T.Trainer(cfg, tmp_path / "run", ds=tiny, progress=False, out=said.append, overwrite=True).run()
+    assert len(T.read_metrics(tmp_path / "run")) == n_records  # the new run's records only, none mixed in
+    assert any("removed" in line and "metrics.jsonl" in line for line in said)
+    # Records of a run that saved no checkpoint (it failed before its first validation)
+    # are replaced by the next run in that folder, which says so.
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / "metrics.jsonl").write_text('{"split": "train", "step": 3, "nll": 9.9}\n')
+    said = []
+    T.Trainer(cfg, tmp_path / "stale", ds=tiny, progress=False, out=said.append).run()
+    assert [r["step"] for r in T.read_metrics(tmp_path / "stale")] == [r["step"] for r in T.read_metrics(tmp_path / "run")]
+    assert any("removed" in line for line in said)
+    with pytest.raises(TypeError, match="cfg must be a train.Config"):
+        T.Trainer(cfg.to_dict(), tmp_path / "x", ds=tiny)
+
+
+def test_a_validation_split_that_cannot_be_scored_is_refused_before_training(tiny, tmp_path):
+    short = dataclasses.replace(tiny, valid=tiny.valid[:5])
+    with pytest.raises(ValueError, match=r"validation split \(5 tokens\).*eval_batch_size=3.*--eval-batch-size"):
+        run(tiny_cfg(), short, tmp_path / "a")
+    with pytest.raises(ValueError, match="validation split of tiny is empty"):
+        run(tiny_cfg(), dataclasses.replace(tiny, valid=tiny.valid[:0]), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_load_run_and_best_checkpoint(tiny, tmp_path):
     tr = run(tiny_cfg(max_steps=30, eval_every=10), tiny, tmp_path)
     tr.run()
@@ -492,3 +525,24 @@ def test_training_on_a_device_backend_matches_numpy(tiny, tmp_path):
     text = T.sample(params, ds, length=20, prime="ab", seed=1)
     params_np, _, _ = T.load_run(tmp_path / "strict")
     assert text == T.sample(params_np, ds, length=20, prime="ab", seed=1)
+
+
+def test_a_record_cut_short_by_a_crash_does_not_break_the_run(tiny, tmp_path):
+    """A crash in the middle of writing metrics.jsonl leaves a fragment without newline:
+    reading warns and skips it, the next record replaces it, and resume carries on."""
+    tr = run(tiny_cfg(max_steps=10), tiny, tmp_path / "run")
+    tr.run()
+    path = tmp_path / "run" / "metrics.jsonl"
+    good = T.read_metrics(tmp_path / "run")
+    with open(path, "a") as fh:
+        fh.write('{"split": "valid", "nll": 1.2')  # the crash
+    with pytest.warns(UserWarning, match="ignoring its last line, a record cut short"):
+        assert T.read_metrics(tmp_path / "run") == good
+    T.Trainer.resume(tmp_path / "run", overrides={"max_steps": 20}, ds=tiny, progress=False, out=lambda *a: None).run()
+    records = T.read_metrics(tmp_path / "run")  # no warning: the fragment is gone
+    assert records[: len(good)] == good and [r["step"] for r in records if r["split"] == "valid"] == [10, 20]
+    assert path.read_text().endswith("}\n") and "1.2{" not in path.read_text()
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record.*fix or delete that line"):
+        T.read_metrics(tmp_path / "run")
