@@ -111,6 +111,9 @@ _sync_notebooks()
 # would not resolve, so the "include-read" hook rewrites them:
 #   docs/<page>          -> <page> (a page of this site)
 #   rhn_np/<module>.py   -> {py:mod} cross-reference to that module's API entry
+#   rhn_np/<m>.py#L<n>   -> the API entry of the public function or class holding
+#                           line n (the module's, for a private one), shown as
+#                           "rhn_np/<m>.py, line n": the site has no line anchors
 #   any other file       -> download link to the file (fragment dropped)
 _LINK = re.compile(r"\[([^\]\n]*)\]\(([^)\s]+)\)")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -126,10 +129,32 @@ def _rewrite_readme_link(match: re.Match) -> str:
     module = re.fullmatch(r"rhn_np/(\w+)\.py", path)
     if module and (ROOT / path).is_file():
         label = text.replace("`", "").replace("<", "").replace(">", "") or path
-        return f"{{py:mod}}`{label} <rhn_np.{module.group(1)}>`"
+        name = f"rhn_np.{module.group(1)}"
+        line = re.fullmatch(r"L(\d+)", target.split("#", 1)[1]) if "#" in target else None
+        if line:
+            label = f"{path}, line {line.group(1)}" if label.startswith(("rhn_np/", "#L")) else label
+            holder = _public_object_at(ROOT / path, int(line.group(1)))
+            if holder:
+                return f"{{py:obj}}`{label} <{name}.{holder}>`"
+        return f"{{py:mod}}`{label} <{name}>`"
     if path and (ROOT / path).is_file():
         return f"[{text}](path:../{path})"
     return match.group(0)  # unknown target: let MyST warn about it
+
+
+def _public_object_at(path: Path, line: int) -> str | None:
+    """Dotted name of the innermost public def/class of ``path`` that holds ``line``."""
+    import ast
+
+    names: list[str] = []
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    while True:
+        node = next((n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                     and n.lineno <= line <= n.end_lineno), None)
+        if node is None or node.name.startswith("_"):
+            return ".".join(names) or None
+        names.append(node.name)
+        body = node.body
 
 
 def _rewrite_readme(app, relative_path, parent_docname, content) -> None:

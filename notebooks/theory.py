@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Why gates help: Geršgorin discs of recurrent Jacobians
 #
-# *Recurrent Highway Networks* (Zilly et al., ICML 2017), §2 — a walkthrough.
+# *Recurrent Highway Networks* (Zilly et al., ICML 2017), its Geršgorin analysis (Eqs. 2–4 and 10–15) — a walkthrough.
 #
 # Backpropagation through time multiplies the gradient at step $t$ by the temporal
 # Jacobian $\partial s_t/\partial s_{t-1}$, once per step. Where its eigenvalues
@@ -298,11 +298,12 @@ print("               spectral radii:", theory.spectral_radius(A_open), theory.s
 # Its spectral norm against the lag $k$ (median over the batch, min–max shaded):
 #
 # * plain tanh RNN with std $0.5/\sqrt n$: vanishes geometrically; with $2/\sqrt n$:
-#   grows (the chaotic regime); identity init: slowly grows;
+#   grows instead of vanishing (the chaotic regime; in the fast mode's small network it
+#   levels off after about ten steps); identity init: slowly grows;
 # * RHN (coupled, authors' init $U(\pm 0.04)$): $A \approx \mathrm{diag}(1 - t)$ per
 #   micro-layer, so the norm decays like $(1 - \sigma(b_T))^{L k}$ (dotted) — the
-#   negative transform bias sets how long gradients survive, and a deeper transition
-#   needs a more negative bias (the authors use −2 for PTB, −4 for enwik8).
+#   negative transform bias sets how long gradients survive, and at a given bias a
+#   deeper transition (larger $L$) forgets $L$ times faster per time step.
 
 # %%
 T_lag, B_lag, n_lag, n_in_lag = (40, 4, 32, 16) if FAST else (120, 8, 64, 16)

@@ -115,7 +115,7 @@ print(ds.decode(ds.valid[:300]))
 if FAST:
     cfg = train.config_from_preset("demo", depth=3, hidden=64, max_steps=300, eval_every=50)
 else:
-    cfg = train.config_from_preset("demo", eval_every=250)  # depth 3, 128 units, 2000 steps
+    cfg = train.config_from_preset("demo", eval_every=250)  # depth 3, 128 units, 4000 steps
 work_dir = tempfile.mkdtemp(prefix="rhn-training-")
 print(cfg)
 print("work folder:", work_dir)

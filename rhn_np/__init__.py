@@ -11,7 +11,7 @@ gradcheck  numerical gradient checkers used by the tests and notebooks
 checkpoint atomic .npz checkpoints, read without pickle
 data       the data sets (PTB, PTB-char, text8, enwik8, JSB, pydoc): files, downloads, checksums
 train      batching, the authors' training recipe, evaluation, sampling, runs on disk
-theory     temporal Jacobians, Gersgorin discs, spectra (the paper's Sections 3-4)
+theory     temporal Jacobians, Gersgorin discs, spectra (the paper's Eqs. 2-4, 10-15)
 plots      matplotlib helpers for the theory figures
 cli        the ``rhn-np`` command line
 """

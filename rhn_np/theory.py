@@ -1,4 +1,4 @@
-r"""The paper's theory (§2): temporal Jacobians and Geršgorin discs.
+r"""The paper's theory (Eqs. 2–4 and 10–15): temporal Jacobians and Geršgorin discs.
 
 The gradient that BPTT carries from step t to step t-1 is multiplied by the
 temporal Jacobian ``∂s_t/∂s_{t-1}``; its spectrum decides whether gradients
