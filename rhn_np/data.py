@@ -407,7 +407,11 @@ class Dataset:
         concatenation. enwik8: the bytes, decoded as UTF-8 with ``errors="replace"``.
         """
         self._need_tokens("decode")
-        ids = np.asarray(_backend.to_host(ids) if hasattr(ids, "shape") else ids).reshape(-1)
+        ids = np.asarray(_backend.to_host(ids) if hasattr(ids, "shape") else ids)
+        if ids.ndim > 1:  # a (T, B) window flattened row by row would interleave its B streams
+            raise ValueError(f"decode takes one sequence of ids (1-D), got shape {ids.shape}; "
+                             "for a (T, B) window decode each column: ds.decode(ids[:, b])")
+        ids = ids.reshape(-1)
         if ids.size == 0:
             return ""
         if not np.issubdtype(ids.dtype, np.integer):

@@ -41,7 +41,16 @@ def rel_error(x, y, tiny=1e-300):
     """
     x = np.asarray(_backend.to_host(x) if hasattr(x, "__array_namespace__") else x, dtype=np.float64)
     y = np.asarray(_backend.to_host(y) if hasattr(y, "__array_namespace__") else y, dtype=np.float64)
+    if x.shape != y.shape:  # broadcasting would compare, e.g., one row against every row
+        raise ValueError(f"rel_error compares arrays of one shape, got {x.shape} and {y.shape}")
     return float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(x) + np.abs(y))), tiny))
+
+
+def _check_perturbable(x):
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        kind = f"{x.dtype} array" if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"x must be a NumPy float array (float64 for meaningful results), perturbed in place; got a "
+                        f"{kind}: an integer x would round every x ± h, use x.astype(np.float64)")
 
 
 def numerical_gradient(f, x, df=None, h=1e-5):
@@ -62,6 +71,7 @@ def numerical_gradient(f, x, df=None, h=1e-5):
     grad : array shaped like ``x``,
         ``grad[i] = sum((f(x + h e_i) - f(x - h e_i)) * df) / (2h)``.
     """
+    _check_perturbable(x)
     grad = np.zeros_like(x, dtype=np.float64)
     for i in np.ndindex(x.shape):
         old = x[i]
@@ -88,6 +98,7 @@ def directional_check(f, x, grad, h=1e-5, seed=0):
     -------
     rel_error : float, ``|⟨grad, v⟩ - numeric| / (|⟨grad, v⟩| + |numeric|)``.
     """
+    _check_perturbable(x)
     v = np.random.default_rng(seed).standard_normal(x.shape)
     v /= np.linalg.norm(v)
     old = x.copy()

@@ -371,9 +371,12 @@ def embedding_backward(dX, ids, vocab_shape, word_mask=None):
     """
     xp = _backend.namespace(dX, ids, word_mask)
     T, B, d = dX.shape
+    if not (isinstance(vocab_shape, (tuple, list)) and len(vocab_shape) == 2):
+        raise TypeError(f"vocab_shape must be the shape (V, n_emb) of E, got {vocab_shape!r}")
     V, n_emb = tuple(vocab_shape)
     if d != n_emb or tuple(ids.shape) != (T, B):
         raise ValueError(f"dX {tuple(dX.shape)} and ids {tuple(ids.shape)} do not match vocab_shape {tuple(vocab_shape)}")
+    _check_ids(xp, "ids", ids, V)  # a negative id would silently send its gradient to row V - k
     word_mask = _word_mask_3d(xp, word_mask)
     dXm = dX if word_mask is None else dX * word_mask  # (T, B, n_emb)
     dE = xp.zeros((V, n_emb), dtype=dX.dtype, device=_backend.device_of(dX))
@@ -491,6 +494,10 @@ def sigmoid_bernoulli_nll(logits, targets, step_mask=None):
     T, B, _ = logits.shape
     if step_mask is not None and tuple(step_mask.shape) != (T, B):
         raise ValueError(f"step_mask must have shape (T, B) = {(T, B)}, got {tuple(step_mask.shape)}")
+    # {0, 1} check only where the data is on the host (on a GPU it would force a sync).
+    if _backend.name_of(targets) == "numpy" and not bool(np.all((targets == 0) | (targets == 1))):
+        raise ValueError("targets must be 0 or 1 (a key is off or on); got other values, e.g. "
+                         f"{np.unique(targets[(targets != 0) & (targets != 1)])[:5].tolist()}: binarise them first")
     z, y = logits, xp.astype(targets, logits.dtype)
     relu = 0.5 * (z + xp.abs(z))  # max(z, 0), exactly
     nll = relu - y * z + xp.log1p(xp.exp(-xp.abs(z)))  # (T, B, K)

@@ -59,9 +59,22 @@ def _check_number(name, value, *, minimum=0.0, strict=False):
     return value
 
 
+def _check_dict(name, d):
+    if not isinstance(d, dict):
+        hint = "; clip_global_norm returns (grads, norm): unpack it" if isinstance(d, tuple) else ""
+        raise TypeError(f"{name} must be a dict name -> array, got {type(d).__name__}{hint}")
+    if not d:
+        raise ValueError(f"{name} is empty")
+
+
 def _check_same_keys(grads, params, what="grads"):
+    _check_dict(what, grads)
+    _check_dict("params", params)
     if set(grads) != set(params):
         raise KeyError(f"{what} and params must have the same keys; differ in {sorted(set(grads) ^ set(params))}")
+    for k in params:  # broadcasting would apply a (n,) gradient to every row of an (m, n) parameter
+        if tuple(grads[k].shape) != tuple(params[k].shape):
+            raise ValueError(f"{what}[{k!r}] has shape {tuple(grads[k].shape)}, params[{k!r}] {tuple(params[k].shape)}")
 
 
 # ----------------------------------------------------------------------------
@@ -69,8 +82,7 @@ def _check_same_keys(grads, params, what="grads"):
 # ----------------------------------------------------------------------------
 def global_norm(grads):
     """``N = sqrt(Σ_w Σ_i g_w[i]²)`` over every array of the dict: a 0-d array."""
-    if not grads:
-        raise ValueError("grads is empty")
+    _check_dict("grads", grads)
     xp = _backend.namespace(*grads.values())
     total = None
     for g in grads.values():
@@ -105,6 +117,8 @@ def clip_global_norm(grads, max_norm):
     xp = _backend.namespace(norm)
     cap = xp.asarray(max_norm, dtype=norm.dtype, device=_backend.device_of(norm))
     scale = cap / xp.maximum(norm, cap)  # 0-d, stays on the device: no sync
+    # inf / inf and inf (float32 overflow of Σ g²) would give 0 or NaN by accident: NaN always.
+    scale = xp.where(xp.isfinite(norm), scale, xp.asarray(math.nan, dtype=norm.dtype, device=_backend.device_of(norm)))
     return {k: g * scale for k, g in grads.items()}, norm
 
 
@@ -112,6 +126,7 @@ def l2_penalty(params, weight_decay):
     """The authors' weight-decay term ``wd · ½ Σ_w Σ_i w[i]²`` over *all* variables
     (embedding, softmax, RHN weights and biases alike; ``tf.nn.l2_loss``). 0-d array."""
     weight_decay = _check_number("weight_decay", weight_decay)
+    _check_dict("params", params)
     xp = _backend.namespace(*params.values())
     total = None
     for w in params.values():
@@ -293,9 +308,13 @@ def lr_at_epoch(epoch, lr, max_epoch, lr_decay):
     ``lr_decay`` once more. PTB: ``lr=0.2, max_epoch=20, lr_decay=1.02``; enwik8 /
     text8: ``max_epoch=5, lr_decay=1.03``.
     """
-    epoch = int(epoch)
+    for name, v in (("epoch", epoch), ("max_epoch", max_epoch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {v!r} (arguments: epoch, lr, max_epoch, lr_decay)")
     if epoch < 0:
         raise ValueError(f"epoch counts from 0, got {epoch}")
+    if max_epoch < 1:
+        raise ValueError(f"max_epoch (epochs at the full rate) must be >= 1, got {max_epoch}")
     lr = _check_number("lr", lr)
-    lr_decay = _check_number("lr_decay", lr_decay, strict=True)
-    return lr / lr_decay ** max(epoch - int(max_epoch) + 1, 0)
+    lr_decay = _check_number("lr_decay", lr_decay, minimum=1.0)  # >= 1: the rate never grows
+    return lr / lr_decay ** max(int(epoch) - int(max_epoch) + 1, 0)

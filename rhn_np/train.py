@@ -138,7 +138,28 @@ class Config:
     dtype: str = "float32"
 
     def check(self) -> Config:
-        """Validate every field; raises ``ValueError`` naming the bad one."""
+        """Validate every field; raises ``ValueError`` naming the bad one.
+
+        NumPy scalars (from ``np.arange``/``np.linspace`` sweeps) become Python numbers.
+        """
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.bool_):
+                setattr(self, f.name, bool(v))
+            elif isinstance(v, np.integer):
+                setattr(self, f.name, int(v))
+            elif isinstance(v, np.floating):
+                setattr(self, f.name, float(v))
+        for name in ("tied", "coupled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{_label(name)} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{_label('seed')} must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.transform_bias, bool) or not (isinstance(self.transform_bias, (int, float))
+                                                         and math.isfinite(self.transform_bias)):
+            raise ValueError(f"{_label('transform_bias')} must be a finite number, got {self.transform_bias!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
+            raise ValueError(f"{_label('data_dir')} must be a folder path or None, got {self.data_dir!r}")
         positive = ("depth", "hidden", "batch_size", "bptt", "epochs", "max_epoch", "eval_batch_size", "log_every",
                     "decay_steps")
         for name in positive:
@@ -157,10 +178,10 @@ class Config:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > lo):
                 raise ValueError(f"{_label(name)} must be a finite number > {lo}, got {v!r}")
-        if not (isinstance(self.lr_decay, (int, float)) and self.lr_decay >= 1.0):
+        if not (isinstance(self.lr_decay, (int, float)) and math.isfinite(self.lr_decay) and self.lr_decay >= 1.0):
             raise ValueError(f"{_label('lr_decay')} divides the learning rate each epoch after max_epoch and must be >= 1, got {self.lr_decay!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0.0):
-            raise ValueError(f"{_label('weight_decay')} must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
+            raise ValueError(f"{_label('weight_decay')} must be a finite number >= 0, got {self.weight_decay!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"{_label('time_limit')} is in minutes and must be > 0, got {self.time_limit!r}")
         if self.lr_schedule not in ("epoch", "cosine"):
@@ -170,7 +191,7 @@ class Config:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"{_label('dtype')} must be 'float32' or 'float64', got {self.dtype!r}")
         if self.backend not in ("numpy", "cupy", "auto", "array_api_strict"):
-            raise ValueError(f"{_label('backend')} must be 'numpy', 'cupy' or 'auto', got {self.backend!r}")
+            raise ValueError(f"{_label('backend')} must be 'numpy', 'cupy', 'auto' or 'array_api_strict', got {self.backend!r}")
         if self.tied and self.emb is not None and self.emb != self.hidden:
             raise ValueError(f"weight tying (--tied) needs emb == hidden (--emb, --hidden), got emb={self.emb}, hidden={self.hidden}")
         return self
@@ -252,6 +273,13 @@ def config_from_preset(preset: str = "demo", **overrides) -> Config:
 # ----------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------
+def _count(name: str, value) -> int:
+    """A positive integer argument (NumPy integers too), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class TokenBatches:
     """The authors' layout of a token stream for truncated BPTT (``ptb_iterator``).
 
@@ -266,7 +294,7 @@ class TokenBatches:
         stream = _backend.to_host(stream)  # any backend's array, or a list
         if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
             raise ValueError(f"the token stream must be a 1-D integer array, got {stream.dtype} {stream.shape}")
-        self.batch_size, self.bptt = int(batch_size), int(bptt)
+        self.batch_size, self.bptt = _count("batch_size", batch_size), _count("bptt", bptt)
         L = len(stream) // self.batch_size
         if L < 2:
             raise ValueError(
@@ -309,8 +337,12 @@ class SequenceBatches:
         for j, s in enumerate(sequences):
             if np.ndim(s) != 2 or len(s) < 2:
                 raise ValueError(f"sequence {j} must be a (T_i >= 2, K) array, got shape {np.shape(s)}")
+            if not np.all((np.asarray(s) == 0) | (np.asarray(s) == 1)):
+                raise ValueError(f"sequence {j} must hold 0/1 piano-roll frames (a key off or on), got other values")
+        if len({np.shape(s)[1] for s in sequences}) != 1:
+            raise ValueError(f"all sequences must have the same number of keys K, got {sorted({np.shape(s)[1] for s in sequences})}")
         self.sequences = [np.asarray(s) for s in sequences]
-        self.batch_size = int(batch_size)
+        self.batch_size = _count("batch_size", batch_size)
         self.n_windows = -(-len(self.sequences) // self.batch_size)
 
     def __len__(self) -> int:
@@ -826,6 +858,11 @@ class Trainer:
             stored[k] = v
         cfg = Config.from_dict(stored).check()
         self = cls(cfg, work_dir, progress=progress, out=out, ds=ds, _resuming=True)
+        stored_vocab = (meta.get("dataset") or {}).get("vocab")
+        if self.ds.kind == "tokens" and stored_vocab is not None and list(self.ds.vocab) != list(stored_vocab):
+            raise RunError(f"the data set given for --resume ({self.ds.name}, {self.ds.vocab_size} symbols) does not "
+                           f"have the vocabulary the run was trained with ({len(stored_vocab)} symbols, in its order): "
+                           "the symbol ids would not mean the same; resume with the run's data")
         self._restore(arrays, meta)
         return self
 

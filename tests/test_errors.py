@@ -303,3 +303,61 @@ def test_step_functions_name_their_own_arguments(layer):
     _, window_cache = rhn.forward(params, xs, s0)
     with pytest.raises(TypeError, match=r"rhn\.step_forward.*rhn\.backward"):
         rhn.step_backward(params, window_cache, s)
+
+
+# ----------------------------------------------------------------------------
+# The rest of the API: language-model pieces, optimisers, gradient checks, data
+# ----------------------------------------------------------------------------
+def test_lm_pieces_refuse_ids_and_targets_out_of_range():
+    from rhn_np import lm
+
+    dX = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab=5\), got values in \[-1, 2\]"):
+        lm.embedding_backward(dX, np.array([[0, 1, 2], [-1, 0, 1]]), (5, 4))  # -1 would land in row 4
+    with pytest.raises(TypeError, match="vocab_shape must be the shape"):
+        lm.embedding_backward(dX, np.zeros((2, 3), np.int64), 5)
+    with pytest.raises(ValueError, match=r"targets must be 0 or 1.*\[2\]"):
+        lm.sigmoid_bernoulli_nll(np.zeros((2, 3, 4)), np.full((2, 3, 4), 2))
+
+
+def test_optimisers_refuse_what_broadcasting_or_an_unpacked_tuple_would_hide():
+    from rhn_np import optim
+
+    params = {"w": np.ones((2, 3))}
+    for opt in (optim.SGD(0.1), optim.Adam(0.1)):
+        with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(3,\), params\['w'\] \(2, 3\)"):
+            opt.step(params, {"w": np.ones(3)})
+        with pytest.raises(TypeError, match=r"clip_global_norm returns \(grads, norm\): unpack it"):
+            opt.step(params, optim.clip_global_norm({"w": np.ones((2, 3))}, 1.0))
+    np.testing.assert_array_equal(params["w"], 1.0)
+    with pytest.raises(ValueError, match="params is empty"):
+        optim.l2_penalty({}, 1e-3)
+    # float32 Σ g² overflows although every entry is finite: the step is visibly bad (NaN), not silently zero
+    with np.errstate(over="ignore"):
+        clipped, norm = optim.clip_global_norm({"w": np.full(4, 3e19, np.float32)}, 10.0)
+    assert np.isinf(norm) and np.all(np.isnan(clipped["w"]))
+    with pytest.raises(TypeError, match=r"max_epoch must be an integer, got 5.0 \(arguments: epoch, lr, max_epoch"):
+        optim.lr_at_epoch(0, 0.2, 5.0, 1.02)
+    with pytest.raises(ValueError, match="lr_decay must be a finite number >= 1.0"):
+        optim.lr_at_epoch(30, 0.2, 20, 0.5)
+
+
+def test_gradient_checks_refuse_integer_inputs_and_different_shapes():
+    from rhn_np import gradcheck
+
+    with pytest.raises(TypeError, match="integer x would round every x ± h"):
+        gradcheck.numerical_gradient(lambda v: np.sum(v**2), np.array([1, 2, 3]))
+    with pytest.raises(TypeError, match="NumPy float array"):
+        gradcheck.directional_check(lambda v: np.sum(v**2), np.array([1, 2, 3]), np.array([2.0, 4.0, 6.0]))
+    with pytest.raises(ValueError, match=r"arrays of one shape, got \(3,\) and \(2, 3\)"):
+        gradcheck.rel_error(np.ones(3), np.ones((2, 3)))
+
+
+def test_decode_refuses_a_window_of_several_streams():
+    from rhn_np import data
+
+    ds = data.Dataset(name="t", kind="tokens", train=np.zeros(0, np.int32), valid=np.zeros(0, np.int32),
+                      test=np.zeros(0, np.int32), vocab=list("ab"), level="char")
+    assert ds.decode(np.array([0, 1, 0])) == "aba"
+    with pytest.raises(ValueError, match=r"one sequence of ids \(1-D\), got shape \(2, 2\).*ds.decode\(ids\[:, b\]\)"):
+        ds.decode(np.array([[0, 1], [1, 0]]))

@@ -546,3 +546,35 @@ def test_a_record_cut_short_by_a_crash_does_not_break_the_run(tiny, tmp_path):
     path.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record.*fix or delete that line"):
         T.read_metrics(tmp_path / "run")
+
+
+def test_resume_with_another_vocabulary_is_refused(tiny, tmp_path):
+    run(tiny_cfg(max_steps=10), tiny, tmp_path / "run").run()
+    shuffled = dataclasses.replace(tiny, vocab=tiny.vocab[::-1])  # same size, other symbols behind the ids
+    with pytest.raises(T.RunError, match="does not have the vocabulary the run was trained with"):
+        T.Trainer.resume(tmp_path / "run", ds=shuffled)
+
+
+def test_config_takes_numpy_scalars_and_refuses_what_would_fail_later():
+    cfg = T.Config(hidden=np.int64(8), lr=np.float32(0.1), tied=np.bool_(False), seed=np.int32(3)).check()
+    assert (type(cfg.hidden), type(cfg.lr), type(cfg.tied), type(cfg.seed)) == (int, float, bool, int)
+    json.dumps(cfg.to_dict())  # it goes into checkpoint metadata
+    for kw, pattern in [({"tied": "no"}, r"tied \(--tied\) must be True or False"),
+                        ({"seed": -1}, r"seed \(--seed\) must be an integer >= 0"),
+                        ({"transform_bias": math.nan}, "transform_bias.*finite"),
+                        ({"weight_decay": math.inf}, "weight_decay.*finite"),
+                        ({"data_dir": 123}, "data_dir.*folder path")]:
+        with pytest.raises(ValueError, match=pattern):
+            T.Config(**kw).check()
+
+
+def test_batchers_refuse_bad_sizes_and_non_binary_rolls():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        T.TokenBatches(np.arange(100), 0, 5)
+    with pytest.raises(ValueError, match="bptt must be a positive integer, got 4.5"):
+        T.TokenBatches(np.arange(100), 4, 4.5)
+    rolls = _rolls(3, 0)
+    with pytest.raises(ValueError, match="sequence 1 must hold 0/1 piano-roll frames"):
+        T.SequenceBatches([rolls[0], rolls[1] * 64, rolls[2]], 2)
+    with pytest.raises(ValueError, match=r"same number of keys K, got \[12, 88\]"):
+        T.SequenceBatches([rolls[0], rolls[1][:, :12]], 2)
