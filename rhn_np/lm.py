@@ -180,8 +180,8 @@ def init_dense_params(
     dict: the RHN keys, ``W_out`` (n, n_out) and ``b_out`` (n_out,); ``n_out``
     defaults to ``n_in`` (next-step prediction of the same roll).
     """
-    n_out = n_in if n_out is None else n_out
-    n_out = _check_int("n_out", n_out)
+    n_in = _check_int("n_in", n_in)
+    n_out = n_in if n_out is None else _check_int("n_out", n_out)
     n = _check_int("n", n)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
@@ -192,6 +192,23 @@ def init_dense_params(
     params["b_out"] = _uniform(rng, be, (n_out,), init_scale, dtype)
     params["W_out"] = _uniform(rng, be, (n, n_out), init_scale, dtype)
     return params
+
+
+def _check_rhn_masks(params, B, masks):
+    """The RHN masks "i" (B, n_in) and "h" (B, n) under the LM's own names (the layer
+    would report them as its masks['x'] and masks['s'])."""
+    if not isinstance(masks, dict):
+        return
+    dtype, n_in, n = params["R_H"].dtype, params["W_H"].shape[0], params["R_H"].shape[1]
+    for key, shape in (("i", (B, n_in)), ("h", (B, n)), ("o", (B, n))):
+        m = masks.get(key)
+        if m is None:
+            continue
+        if tuple(getattr(m, "shape", ())) != shape:
+            raise ValueError(f"masks[{key!r}] has shape {tuple(getattr(m, 'shape', ()))}, expected {shape}")
+        if m.dtype != dtype:
+            raise TypeError(f"masks[{key!r}] is {m.dtype} but the parameters are {dtype}: draw the masks with "
+                            f"dtype='{dtype}' (lm.draw_masks(..., dtype=...))")
 
 
 def _split_params(params):
@@ -271,7 +288,7 @@ def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0,
     be = _backend.get(backend)
     B = ids_host.shape[1]
     masks = {"x": None if keep_x == 1.0 else _word_type_mask(rng, ids_host, keep_x)}
-    masks.update(_dense_masks(rng, B, n_emb, n, keep_i, keep_h, keep_o))
+    masks.update(_dense_masks(rng, B, _check_int("n_emb", n_emb), n, keep_i, keep_h, keep_o))
     return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
 
 
@@ -304,7 +321,8 @@ def _unpack_masks(masks, allowed):
     if masks is None:
         return None, None, None
     if not isinstance(masks, dict) or not set(masks) <= set(allowed):
-        raise ValueError(f"masks must be a dict with keys among {allowed}, got {masks!r:.80}")
+        got = f"keys {sorted(map(str, masks))}" if isinstance(masks, dict) else type(masks).__name__
+        raise ValueError(f"masks must be a dict with keys among {allowed} (lm.draw_masks), got {got}")
     rhn_masks = {"x": masks.get("i"), "s": masks.get("h")}  # i -> RHN input, h -> RHN state
     rhn_masks = {k: v for k, v in rhn_masks.items() if v is not None} or None
     return masks.get("x"), rhn_masks, masks.get("o")
@@ -568,7 +586,13 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
     rhn_params = _split_params(params)
     if "W_out" not in params and params["E"].shape[1] != params["R_H"].shape[1]:
         raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(params['E'].shape)} and n={params['R_H'].shape[1]}")
+    E, W_H = params["E"], params["W_H"]
+    if len(E.shape) != 2 or E.shape[1] != W_H.shape[0] or E.dtype != W_H.dtype:
+        raise ValueError(f"params['E'] is {E.dtype} {tuple(E.shape)} but the layer's W_H is {W_H.dtype} "
+                         f"{tuple(W_H.shape)}: E must be (V, n_emb = n_in) of the parameters' dtype")
     m_x, rhn_masks, m_o = _unpack_masks(masks, ("x", "i", "h", "o"))
+    if hasattr(ids, "shape") and len(ids.shape) == 2:
+        _check_rhn_masks(params, ids.shape[1], masks)
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
     ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
@@ -677,6 +701,8 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
         raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
     rhn_params = _split_params(params)
     _, rhn_masks, m_o = _unpack_masks(masks, ("i", "h", "o"))
+    if hasattr(xs, "shape") and len(xs.shape) == 3:
+        _check_rhn_masks(params, xs.shape[1], masks)
     ys, rhn_cache = rhn.forward(rhn_params, xs, s0, rhn_masks, impl=impl)  # (T, B, n)
     logits, y_o = output_forward(ys, params["W_out"], params["b_out"], m_o)  # (T, B, n_out)
     return logits, ys[-1, ...], {"rhn": rhn_cache, "m_o": m_o, "y_o": y_o}

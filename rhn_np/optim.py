@@ -185,13 +185,17 @@ class _Optimizer:
                 **{h: getattr(self, h) for h in self._hyper}}
 
     def _load_base(self, state):
-        if state.get("name") != self.name:
-            raise ValueError(f"state_dict is for {state.get('name')!r}, not {self.name!r}")
-        self.lr = state["lr"]
-        self.weight_decay = _check_number("weight_decay", state["weight_decay"])
-        self.t = int(state["t"])
+        if not isinstance(state, dict) or state.get("name") != self.name:
+            got = state.get("name") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state_dict is for {got!r}, not {self.name!r}")
+        t = state["t"]
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise ValueError(f"state_dict step count t must be an integer >= 0, got {t!r}")
+        # The constructor's checks, so a damaged state cannot slip in a beta of 1.5.
+        fresh = type(self)(lr=state["lr"], weight_decay=state["weight_decay"], **{h: state[h] for h in self._hyper})
+        self.lr, self.weight_decay, self.t = fresh.lr, fresh.weight_decay, int(t)
         for h in self._hyper:
-            setattr(self, h, float(state[h]))
+            setattr(self, h, getattr(fresh, h))
 
 
 class SGD(_Optimizer):
@@ -292,9 +296,14 @@ class Adam(_Optimizer):
         m, v = state["m"], state["v"]
         if set(m) != set(v):
             raise ValueError("state_dict moments 'm' and 'v' have different keys")
+        m, v = {k: _host_copy(a) for k, a in m.items()}, {k: _host_copy(a) for k, a in v.items()}
+        for k in m:
+            if m[k].shape != v[k].shape:
+                raise ValueError(f"state_dict moments of {k!r} differ in shape: m {m[k].shape}, v {v[k].shape}")
+            if not np.all(v[k] >= 0):  # a second moment is a running mean of g²
+                raise ValueError(f"state_dict second moment v[{k!r}] has negative or NaN entries: damaged state")
         self.m, self.v = {}, {}
-        self._pending = ({k: _host_copy(a) for k, a in m.items()},
-                         {k: _host_copy(a) for k, a in v.items()}) if m else None
+        self._pending = (m, v) if m else None
 
 
 # ----------------------------------------------------------------------------

@@ -326,7 +326,7 @@ def _check_array(xp, name, a, shape, dtype, required=False):
             f"different backends were mixed; move it with rhn_np.backend.to_device({name}, '{xp_name(xp)}')"
         )
     if a.dtype != dtype:
-        raise TypeError(f"{name} is {a.dtype} but the parameters are {dtype}: cast it (float32 in, float32 out)")
+        raise TypeError(f"{name} is {a.dtype} but the parameters are {dtype}: cast it to {dtype} (every input has the parameters' dtype)")
 
 
 def xp_name(xp) -> str:

@@ -397,6 +397,14 @@ def _metrics(nll: float, level: str) -> dict:
     return {"nll": nll, "ppl": math.exp(min(nll, 700.0)), "bpc": nll / LN2}
 
 
+def _vocab_of(params, what: str) -> int:
+    if not isinstance(params, dict) or "E" not in params:
+        kind = ("a piano-roll model (lm.init_dense_params): use evaluate_sequences" if isinstance(params, dict)
+                and "W_out" in params else "not the parameters of a word/char model")
+        raise ValueError(f"{what} needs the parameters of lm.init_lm_params (with an embedding 'E'); got {kind}")
+    return int(params["E"].shape[0])
+
+
 def _hidden_of(params) -> int:
     return int(params["R_H"].shape[1])
 
@@ -408,6 +416,7 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
     carried over all windows, the last shorter window included. ``batch_size=1`` is the
     authors' reported evaluation (one pass over the split in order).
     """
+    _vocab_of(params, "evaluate")
     be = _backend.of(params["E"])
     xp = be.xp
     batches = TokenBatches(stream, batch_size, bptt)
@@ -475,6 +484,10 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     length = lm._check_int("length", length)
+    V = _vocab_of(params, "sample")
+    if V != ds.vocab_size:
+        raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: sample with the data "
+                         "set (or run) the model was trained on")
     be = _backend.of(params["E"])
     xp = be.xp
     rng = _backend.host_rng(seed)

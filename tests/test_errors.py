@@ -361,3 +361,47 @@ def test_decode_refuses_a_window_of_several_streams():
     assert ds.decode(np.array([0, 1, 0])) == "aba"
     with pytest.raises(ValueError, match=r"one sequence of ids \(1-D\), got shape \(2, 2\).*ds.decode\(ids\[:, b\]\)"):
         ds.decode(np.array([[0, 1], [1, 0]]))
+
+
+def test_lm_forward_names_the_lm_masks_and_the_embedding():
+    from rhn_np import lm
+
+    p = lm.init_lm_params(10, 6, 8, 2, dtype="float64")
+    ids, s0 = np.zeros((4, 3), np.int64), np.zeros((3, 8))
+    f32 = lm.draw_masks(0, ids, vocab=10, n_emb=6, n=8, keep_i=0.5, keep_h=0.5, keep_o=0.5)  # float32 by default
+    with pytest.raises(TypeError, match=r"masks\['i'\] is float32 but the parameters are float64.*dtype='float64'"):
+        lm.lm_forward(p, ids, s0, f32)
+    with pytest.raises(ValueError, match=r"masks\['h'\] has shape \(3, 5\), expected \(3, 8\)"):
+        lm.lm_forward(p, ids, s0, {"h": np.ones((3, 5))})
+    with pytest.raises(ValueError, match=r"got keys \['q'\]$"):
+        lm.lm_forward(p, ids, s0, {"q": np.ones(3)})
+    with pytest.raises(ValueError, match=r"params\['E'\] is float64 \(10, 5\) but the layer's W_H is float64 \(6, 8\)"):
+        lm.lm_forward({**p, "E": np.zeros((10, 5))}, ids, s0)
+    with pytest.raises(ValueError, match="n_in must be >= 1"):
+        lm.init_dense_params(0, 8, 2)
+    with pytest.raises(ValueError, match="n_emb must be >= 1"):
+        lm.draw_masks(0, ids, vocab=10, n_emb=0, n=8)
+
+
+def test_evaluate_and_sample_name_a_model_or_vocabulary_that_does_not_fit():
+    from rhn_np import data, lm
+    from rhn_np import train as T
+
+    text = data.Dataset(name="t", kind="tokens", train=np.zeros(0, np.int32), valid=np.zeros(0, np.int32),
+                        test=np.zeros(0, np.int32), vocab=list("abcde"), level="char")
+    with pytest.raises(ValueError, match="evaluate needs the parameters of lm.init_lm_params.*piano-roll model"):
+        T.evaluate(lm.init_dense_params(88, 8, 2), np.zeros(100, np.int32), batch_size=2, bptt=5)
+    with pytest.raises(ValueError, match="the model predicts 7 symbols but t has 5"):
+        T.sample(lm.init_lm_params(7, 4, 8, 2), text, length=3)
+
+
+def test_adam_refuses_a_damaged_state():
+    from rhn_np import optim
+
+    good = optim.Adam(0.1)
+    good.step({"w": np.ones(3)}, {"w": np.ones(3)})
+    for change, pattern in [({"beta1": 1.5}, r"beta1 must lie in \[0, 1\)"), ({"t": -5}, "t must be an integer >= 0"),
+                            ({"v": {"w": -np.ones(3)}}, "negative or NaN"),
+                            ({"m": {"w": np.ones(2)}}, r"differ in shape: m \(2,\), v \(3,\)")]:
+        with pytest.raises(ValueError, match=pattern):
+            optim.Adam().load_state_dict({**good.state_dict(), **change})
