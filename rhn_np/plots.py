@@ -123,7 +123,10 @@ def plot_discs(
     ax = _axes(ax)
     centres, r = theory.gersgorin_discs(Mh, axis=axis)
     if radii is not None:
-        r = _host(radii)
+        r = np.asarray(_host(radii), dtype=np.float64)
+        if r.shape != centres.shape:
+            raise ValueError(f"radii must be one per disc, shape {centres.shape}, got {r.shape} (for a batch of "
+                             "radii, e.g. theory.eq14_printed_radii(...), pass one row: radii[b])")
     label = label or f"{axis[:-1]} discs"
     n = len(centres)
     fill_alpha = min(0.15, 2.0 / n) if fill_alpha is None else fill_alpha

@@ -193,6 +193,9 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     _check_layout(layout)
     if cache.get("impl") != "reference" or cache.get("S") is None:
         raise ValueError("the cache must come from rhn.forward(..., impl='reference') or rhn.step_forward")
+    T = cache["S"].shape[1]
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
+        raise ValueError(f"t must be a time index in 0..{T - 1} of the cache's window, got {t!r}")
     xp = _backend.namespace(params["R_H"])
     J = None
     for layer in range(cache["S"].shape[0]):
@@ -354,6 +357,8 @@ def rnn_step_forward(R, W, b, x, y_prev):
 def rnn_forward(R, W, b, xs, y0):
     """:func:`rnn_step_forward` over ``xs`` (T, B, n_in) from ``y0`` (B, n); returns ys (T, B, n)."""
     xp = _backend.namespace(R, W, b, xs, y0)
+    if len(xs.shape) != 3 or xs.shape[0] < 1:
+        raise ValueError(f"xs must have shape (T >= 1, B, n_in), got {tuple(xs.shape)} (one sequence: xs[:, None, :])")
     ys, y = [], y0
     for t in range(xs.shape[0]):
         y = rnn_step_forward(R, W, b, xs[t, ...], y)

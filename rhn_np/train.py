@@ -308,6 +308,9 @@ class TokenBatches:
 
     def window(self, i: int):
         """Inputs and targets of window ``i``: two ``(T, B)`` host arrays."""
+        if not 0 <= i < self.n_windows:
+            raise IndexError(f"window {i} of an epoch of {self.n_windows} (0..{self.n_windows - 1}); all_windows() "
+                             "adds the shorter tail")
         T = self.bptt
         x = self.rows[:, i * T: (i + 1) * T]
         y = self.rows[:, i * T + 1: (i + 1) * T + 1]

@@ -405,3 +405,25 @@ def test_adam_refuses_a_damaged_state():
                             ({"m": {"w": np.ones(2)}}, r"differ in shape: m \(2,\), v \(3,\)")]:
         with pytest.raises(ValueError, match=pattern):
             optim.Adam().load_state_dict({**good.state_dict(), **change})
+
+
+def test_theory_plots_and_batches_refuse_what_they_would_misread(layer):
+    from rhn_np import plots, train
+
+    params, xs, s0, _, _, _ = layer
+    _, cache = rhn.forward(params, xs, s0, impl="reference")
+    assert theory.jacobian_from_cache(params, cache, T - 1).shape == (B, N, N)
+    for t in (T, -1, 1.0):
+        with pytest.raises(ValueError, match=rf"t must be a time index in 0..{T - 1}"):
+            theory.jacobian_from_cache(params, cache, t)
+    p = theory.rnn_init(3, 4, seed=0)
+    with pytest.raises(ValueError, match=r"xs must have shape \(T >= 1, B, n_in\), got \(5, 3\)"):
+        theory.rnn_forward(p["R"], p["W"], p["b"], np.zeros((5, 3)), np.zeros((1, 4)))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with pytest.raises(ValueError, match=r"radii must be one per disc, shape \(4,\), got \(2, 4\).*radii\[b\]"):
+        plots.plot_discs(np.eye(4), radii=np.ones((2, 4)))
+    batches = train.TokenBatches(np.arange(100), 4, 5)
+    with pytest.raises(IndexError, match=r"window 4 of an epoch of 4 \(0..3\)"):
+        batches.window(4)
