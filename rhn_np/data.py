@@ -504,6 +504,8 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     spec = DATASETS[key]
     overrides = _sha256_overrides(key, spec, sha256)
     if root is not None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a folder path (str or pathlib.Path), got {type(root).__name__}")
         root = pathlib.Path(os.fspath(root)).expanduser()
         if not root.is_dir():
             raise DataNotFoundError(
@@ -817,6 +819,8 @@ def ptb_words_to_chars(text: str) -> str:
     Reproduces the public ``ptb.char.valid.txt`` / ``ptb.char.test.txt`` byte for byte
     from ``ptb.valid.txt`` / ``ptb.test.txt``.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the str of a PTB word file, got {type(text).__name__} (decode bytes first)")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -861,6 +865,8 @@ def _derive_ptb_char(spec, folder: pathlib.Path, download: bool) -> dict:
 # ----------------------------------------------------------------------------
 def split_by_position(n: int) -> tuple[int, int, int]:
     """Sizes of the first 90 %, next 5 %, last 5 % of ``n`` items (integer arithmetic)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a count of items >= 0, got {n!r}")
     n_train = n * 90 // 100
     n_valid = n * 5 // 100
     return n_train, n_valid, n - n_train - n_valid

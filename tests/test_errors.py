@@ -427,3 +427,18 @@ def test_theory_plots_and_batches_refuse_what_they_would_misread(layer):
     batches = train.TokenBatches(np.arange(100), 4, 5)
     with pytest.raises(IndexError, match=r"window 4 of an epoch of 4 \(0..3\)"):
         batches.window(4)
+
+
+def test_data_and_rnn_helpers_name_their_arguments():
+    from rhn_np import data
+
+    with pytest.raises(TypeError, match=r"root must be a folder path \(str or pathlib.Path\), got int"):
+        data.load("ptb", root=5)
+    with pytest.raises(TypeError, match=r"text must be the str of a PTB word file, got bytes \(decode bytes first\)"):
+        data.ptb_words_to_chars(b"a b\n")
+    with pytest.raises(ValueError, match="n must be a count of items >= 0, got -5"):
+        data.split_by_position(-5)
+    for kw, pattern in [({"n": 0}, "n must be >= 1"), ({"n": 4.0}, "n must be an integer"),
+                        ({"init_std": "0.1"}, "init_std must be a number >= 0"), ({"dtype": "int32"}, "dtype must be")]:
+        with pytest.raises((TypeError, ValueError), match=pattern):
+            theory.rnn_init(**{"n_in": 3, "n": 4, **kw})
