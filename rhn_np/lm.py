@@ -195,8 +195,8 @@ def init_dense_params(
 
 
 def _check_rhn_masks(params, B, masks):
-    """The RHN masks "i" (B, n_in) and "h" (B, n) under the LM's own names (the layer
-    would report them as its masks['x'] and masks['s'])."""
+    """Masks "i" (B, n_in), "h" (B, n) and "o" (B, n) checked under the LM's own names
+    (the layer would report "i" and "h" as its masks['x'] and masks['s'])."""
     if not isinstance(masks, dict):
         return
     dtype, n_in, n = params["R_H"].dtype, params["W_H"].shape[0], params["R_H"].shape[1]

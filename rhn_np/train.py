@@ -661,9 +661,10 @@ class Trainer:
     continues from ``work_dir/checkpoint.npz``. The loop is :meth:`train_step` per
     window; :meth:`validate` evaluates, logs, checkpoints and plots.
 
-    A ``work_dir`` that already holds a run (a ``checkpoint.npz``) is refused, so no run
-    is overwritten by accident; ``overwrite=True`` deletes that run's files and starts
-    afresh there.
+    A ``work_dir`` that already holds a run (``checkpoint.npz`` or ``best.npz``) is
+    refused, so no run is overwritten by accident; ``overwrite=True`` deletes that run's
+    files and starts afresh there. A fresh run also replaces the ``metrics.jsonl`` and
+    ``learning_curve.png`` of a run that saved nothing, and says so through ``out``.
     """
 
     _RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "learning_curve.png")
