@@ -208,6 +208,8 @@ class Config:
         return cls(**d)
 
 
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+
 _PTB_SOTA = dict(
     dataset="ptb", depth=10, hidden=830, emb=None, tied=True, transform_bias=-2.0, init_scale=0.04,
     batch_size=20, bptt=35, optimizer="sgd", lr=0.2, lr_schedule="epoch", lr_decay=1.02, max_epoch=20, epochs=500,
@@ -257,7 +259,8 @@ def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05
 
     ``lr`` at step 0, ``lr · r`` from step ``D = decay_steps`` on.
     """
-    frac = min(max(int(step), 0), int(decay_steps)) / int(decay_steps)
+    decay_steps = _count("decay_steps", decay_steps)
+    frac = min(max(int(step), 0), decay_steps) / decay_steps
     return lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
@@ -695,7 +698,10 @@ class Trainer:
                 raise ValueError(
                     f"the training split ({len(self.ds.train)} tokens) is too short for batch_size={cfg.batch_size} "
                     f"and bptt={cfg.bptt}: each of the rows needs more than bptt tokens")
+        self._check_data()
         self._check_valid_split()  # now, not at the first validation after eval_every steps of training
+        if os.path.exists(self.work_dir) and not os.path.isdir(self.work_dir):
+            raise RunError(f"the work folder {self.work_dir} is a file; choose a folder (--work-dir)")
         if not _resuming:  # a fresh run: no records or checkpoints of an earlier one mixed in
             for name in self._RUN_FILES:
                 old = os.path.join(self.work_dir, name)
@@ -712,6 +718,22 @@ class Trainer:
         self._rec_tokens, self._rec_time = 0, 0.0  # throughput since the last "train" record
         self._train_tokens, self._train_time = 0, 0.0  # ... and since the last validation
         self._last_eval_step = -1
+
+    def _check_data(self) -> None:
+        """Every split fits the model, checked once before training (not at a later step)."""
+        ds = self.ds
+        for split in ("train", "valid", "test"):
+            part = getattr(ds, split)
+            if ds.kind == "piano_roll":
+                keys = sorted({int(np.shape(r)[1]) for r in part})
+                if keys and keys != [88]:
+                    raise ValueError(f"the {split} piano rolls of {ds.name} have {keys} keys per frame; the model "
+                                     "reads 88 (MIDI notes 21-108)")
+            elif len(part):
+                lo, hi = int(np.min(part)), int(np.max(part))
+                if lo < 0 or hi >= ds.vocab_size:
+                    raise ValueError(f"the {split} split of {ds.name} holds symbol ids in [{lo}, {hi}], outside its "
+                                     f"vocabulary of {ds.vocab_size} symbols")
 
     def _check_valid_split(self) -> None:
         cfg, valid = self.cfg, self.ds.valid
@@ -866,6 +888,8 @@ class Trainer:
         stored = dict(meta["config"])
         allowed = {"max_steps", "epochs", "time_limit", "eval_every", "log_every", "backend", "data_dir"}
         for k, v in (overrides or {}).items():
+            if k not in _CONFIG_FIELDS:
+                raise RunError(f"unknown setting {k!r} in overrides; settings: {', '.join(sorted(_CONFIG_FIELDS))}")
             if v is None or stored.get(k) == v:
                 continue
             if k not in allowed:

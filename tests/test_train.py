@@ -578,3 +578,21 @@ def test_batchers_refuse_bad_sizes_and_non_binary_rolls():
         T.SequenceBatches([rolls[0], rolls[1] * 64, rolls[2]], 2)
     with pytest.raises(ValueError, match=r"same number of keys K, got \[12, 88\]"):
         T.SequenceBatches([rolls[0], rolls[1][:, :12]], 2)
+
+
+def test_data_that_does_not_fit_the_model_is_refused_before_any_step(tiny, tmp_path):
+    bad = dataclasses.replace(tiny, valid=np.concatenate([tiny.valid, [len(tiny.vocab) + 3]]).astype(np.int32))
+    with pytest.raises(ValueError, match=r"the valid split of tiny holds symbol ids in \[0, 12\], outside its vocabulary of 9"):
+        run(tiny_cfg(), bad, tmp_path / "a")
+    rolls = TinyRolls(_rolls(5, 0), [r[:, :12] for r in _rolls(3, 1)], _rolls(3, 2))
+    with pytest.raises(ValueError, match=r"the valid piano rolls of tinyjsb have \[12\] keys per frame"):
+        run(tiny_cfg(dataset="tinyjsb", emb=None, batch_size=3, drop_x=0.0), rolls, tmp_path / "b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(T.RunError, match="is a file"):
+        run(tiny_cfg(), tiny, tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no folder left by a run that could not start
+    run(tiny_cfg(max_steps=10), tiny, tmp_path / "run").run()
+    with pytest.raises(T.RunError, match="unknown setting 'lrr' in overrides"):
+        T.Trainer.resume(tmp_path / "run", overrides={"lrr": 0.1}, ds=tiny)
+    with pytest.raises(ValueError, match="decay_steps must be a positive integer, got 0"):
+        T.lr_at_step(3, 0.1, 0)
