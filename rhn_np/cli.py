@@ -59,9 +59,11 @@ def _score(rec: dict) -> str:
 
 def _default_work_dir(name: str) -> str:
     """``rhn-runs/<name>``, or ``<name>-2``, ``-3``... when that one holds a run already."""
+    from .train import held_run
+
     base = os.path.join("rhn-runs", name)
     path, k = base, 1
-    while os.path.exists(os.path.join(path, "checkpoint.npz")):
+    while held_run(path):
         k += 1
         path = f"{base}-{k}"
     return path
@@ -104,8 +106,9 @@ def _train(args) -> int:
         trainer = T.Trainer.resume(work_dir, overrides=explicit, progress=not args.quiet)
         print(f"resuming {work_dir} at step {trainer.step}")
     else:
-        if os.path.exists(os.path.join(work_dir, "checkpoint.npz")):
-            raise T.RunError(f"{work_dir} already holds a run; add --resume to continue it, or choose another --work-dir")
+        held = T.held_run(work_dir)
+        if held:
+            raise T.RunError(T._held_message(work_dir, held, cli=True))
         trainer = T.Trainer(cfg, work_dir, progress=not args.quiet)
     cfg, ds = trainer.cfg, trainer.ds
     n_params = sum(int(_np.prod(p.shape)) for p in trainer.params.values())

@@ -160,6 +160,8 @@ class Config:
             raise ValueError(f"{_label('transform_bias')} must be a finite number, got {self.transform_bias!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
             raise ValueError(f"{_label('data_dir')} must be a folder path or None, got {self.data_dir!r}")
+        if self.data_dir is not None:
+            self.data_dir = os.fspath(self.data_dir)  # a str: the config is stored as JSON in checkpoints
         positive = ("depth", "hidden", "batch_size", "bptt", "epochs", "max_epoch", "eval_batch_size", "log_every",
                     "decay_steps")
         for name in positive:
@@ -543,9 +545,15 @@ def _append_metrics(work_dir, record: dict) -> None:
         with open(path, "r+b") as fh:
             end = fh.seek(0, os.SEEK_END)
             fh.seek(max(end - 1, 0))
-            if end and fh.read(1) != b"\n":  # a record cut short by a crash: drop that fragment
+            if end and fh.read(1) != b"\n":  # the last line has no newline
                 fh.seek(0)
-                fh.truncate(fh.read().rfind(b"\n") + 1)
+                data = fh.read()
+                cut = data.rfind(b"\n") + 1
+                try:
+                    json.loads(data[cut:])
+                    fh.write(b"\n")  # a whole record: keep it, end its line
+                except ValueError:
+                    fh.truncate(cut)  # a record cut short by a crash: drop the fragment
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -657,6 +665,22 @@ def _rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bitgen)
 
 
+def held_run(work_dir) -> list[str]:
+    """Which of ``checkpoint.npz`` / ``best.npz`` ``work_dir`` holds: a folder with either is a run."""
+    return [f for f in ("checkpoint.npz", "best.npz") if os.path.exists(os.path.join(os.fspath(work_dir), f))]
+
+
+def _held_message(work_dir, held, *, cli=False) -> str:
+    where = os.fspath(work_dir)
+    other = "choose another --work-dir" if cli else "start afresh there with overwrite=True (its files are deleted), or choose another work folder"
+    if "checkpoint.npz" in held:
+        resume = "add --resume to continue it" if cli else "continue it with Trainer.resume(work_dir) (train(..., resume=True))"
+        return f"{where} already holds a run ({', '.join(held)}); {resume}, or {other}"
+    use = "rhn-np evaluate/sample --work-dir" if cli else "train.load_run(work_dir)"
+    return (f"{where} holds the best parameters of a run (best.npz) but no checkpoint.npz to resume from; use them "
+            f"with {use}, or {other}")
+
+
 class Trainer:
     """One training run in a work folder (see the module docstring).
 
@@ -666,8 +690,9 @@ class Trainer:
 
     A ``work_dir`` that already holds a run (``checkpoint.npz`` or ``best.npz``) is
     refused, so no run is overwritten by accident; ``overwrite=True`` deletes that run's
-    files and starts afresh there. A fresh run also replaces the ``metrics.jsonl`` and
-    ``learning_curve.png`` of a run that saved nothing, and says so through ``out``.
+    files and starts afresh there. Without it, a ``metrics.jsonl`` or
+    ``learning_curve.png`` already in the folder (of a run that saved nothing) is renamed
+    to ``metrics.before-<time>.jsonl`` (...) and the new run starts its own.
     """
 
     _RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "learning_curve.png")
@@ -676,11 +701,9 @@ class Trainer:
                  _resuming: bool = False):
         if not isinstance(cfg, Config):
             raise TypeError(f"cfg must be a train.Config (e.g. train.config_from_preset('demo')), got {type(cfg).__name__}")
-        held = [f for f in ("checkpoint.npz", "best.npz") if os.path.exists(os.path.join(os.fspath(work_dir), f))]
+        held = held_run(work_dir)
         if held and not (overwrite or _resuming):
-            raise RunError(f"{os.fspath(work_dir)} already holds a run ({', '.join(held)}); continue it with "
-                           "Trainer.resume(work_dir), start afresh there with overwrite=True (its files are deleted), "
-                           "or choose another work folder")
+            raise RunError(_held_message(work_dir, held))
         self.cfg = cfg.check()
         self.work_dir = os.fspath(work_dir)
         self.out = out
@@ -703,11 +726,19 @@ class Trainer:
         if os.path.exists(self.work_dir) and not os.path.isdir(self.work_dir):
             raise RunError(f"the work folder {self.work_dir} is a file; choose a folder (--work-dir)")
         if not _resuming:  # a fresh run: no records or checkpoints of an earlier one mixed in
+            stamp = time.strftime("%Y%m%d-%H%M%S")
             for name in self._RUN_FILES:
                 old = os.path.join(self.work_dir, name)
-                if os.path.exists(old):
+                if not os.path.exists(old):
+                    continue
+                if overwrite:  # asked for: the earlier run's files go
                     os.remove(old)
-                    out(f"removed {old} of an earlier run")
+                    out(f"removed {old} of an earlier run (overwrite=True)")
+                else:  # files of a run that saved no checkpoint, or not ours: kept aside, never deleted
+                    stem, ext = os.path.splitext(name)
+                    kept = os.path.join(self.work_dir, f"{stem}.before-{stamp}{ext}")
+                    os.replace(old, kept)
+                    out(f"kept the earlier {name} of this folder as {kept}")
         os.makedirs(self.work_dir, exist_ok=True)  # only now: a run that cannot start leaves no folder
         self.step = 0
         self.best_nll = math.inf
@@ -729,7 +760,14 @@ class Trainer:
                 if keys and keys != [88]:
                     raise ValueError(f"the {split} piano rolls of {ds.name} have {keys} keys per frame; the model "
                                      "reads 88 (MIDI notes 21-108)")
-            elif len(part):
+                if not all(np.all((np.asarray(r) == 0) | (np.asarray(r) == 1)) for r in part):
+                    raise ValueError(f"the {split} piano rolls of {ds.name} must hold 0/1 frames (a key off or on)")
+                continue
+            part = _backend.to_host(part)
+            if part.ndim != 1 or not np.issubdtype(part.dtype, np.integer):
+                raise ValueError(f"the {split} split of {ds.name} must be a 1-D integer array of symbol ids, "
+                                 f"got {part.dtype} {part.shape}")
+            if len(part):
                 lo, hi = int(np.min(part)), int(np.max(part))
                 if lo < 0 or hi >= ds.vocab_size:
                     raise ValueError(f"the {split} split of {ds.name} holds symbol ids in [{lo}, {hi}], outside its "
@@ -1027,10 +1065,7 @@ def train(cfg: Config, work_dir, *, resume: bool = False, progress: bool = True)
     if resume:
         trainer = Trainer.resume(work_dir, overrides=cfg.to_dict(), progress=progress)
     else:
-        if os.path.exists(os.path.join(os.fspath(work_dir), "checkpoint.npz")):
-            raise RunError(f"{work_dir} already holds a run (checkpoint.npz); pass resume=True (--resume) to continue "
-                           "it, or choose another work folder")
-        trainer = Trainer(cfg, work_dir, progress=progress)
+        trainer = Trainer(cfg, work_dir, progress=progress)  # refuses a folder that holds a run
     return trainer.run()
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import signal
 
 import numpy as np
@@ -432,14 +433,22 @@ def test_a_folder_holding_a_run_is_never_overwritten_by_accident(tiny, tmp_path)
     T.Trainer(cfg, tmp_path / "run", ds=tiny, progress=False, out=said.append, overwrite=True).run()
     assert len(T.read_metrics(tmp_path / "run")) == n_records  # the new run's records only, none mixed in
     assert any("removed" in line and "metrics.jsonl" in line for line in said)
-    # Records of a run that saved no checkpoint (it failed before its first validation)
-    # are replaced by the next run in that folder, which says so.
+    # Records in a folder without checkpoints (a run that failed before saving, or a
+    # user's own file) are kept under another name, never deleted; the new run starts
+    # its own metrics.jsonl.
     (tmp_path / "stale").mkdir()
-    (tmp_path / "stale" / "metrics.jsonl").write_text('{"split": "train", "step": 3, "nll": 9.9}\n')
+    (tmp_path / "stale" / "metrics.jsonl").write_text('{"my": "own log"}\n')
     said = []
     T.Trainer(cfg, tmp_path / "stale", ds=tiny, progress=False, out=said.append).run()
     assert [r["step"] for r in T.read_metrics(tmp_path / "stale")] == [r["step"] for r in T.read_metrics(tmp_path / "run")]
-    assert any("removed" in line for line in said)
+    (kept,) = (tmp_path / "stale").glob("metrics.before-*.jsonl")
+    assert kept.read_text() == '{"my": "own log"}\n' and any("kept the earlier metrics.jsonl" in line for line in said)
+    # A folder with only best.npz is a run too, but there is nothing to resume: say so.
+    (tmp_path / "best-only").mkdir()
+    checkpoint.copy(tmp_path / "run" / "best.npz", tmp_path / "best-only" / "best.npz")
+    for call in (lambda: run(cfg, tiny, tmp_path / "best-only"), lambda: T.train(cfg, tmp_path / "best-only")):
+        with pytest.raises(T.RunError, match=r"best parameters of a run \(best.npz\) but no checkpoint.npz to resume"):
+            call()
     with pytest.raises(TypeError, match="cfg must be a train.Config"):
         T.Trainer(cfg.to_dict(), tmp_path / "x", ds=tiny)
 
@@ -542,6 +551,10 @@ def test_a_record_cut_short_by_a_crash_does_not_break_the_run(tiny, tmp_path):
     records = T.read_metrics(tmp_path / "run")  # no warning: the fragment is gone
     assert records[: len(good)] == good and [r["step"] for r in records if r["split"] == "valid"] == [10, 20]
     assert path.read_text().endswith("}\n") and "1.2{" not in path.read_text()
+    # A whole record whose newline was never written is kept, not cut.
+    path.write_text(path.read_text().rstrip("\n"))
+    T._append_metrics(str(tmp_path / "run"), {"split": "note", "step": 99})
+    assert T.read_metrics(tmp_path / "run")[-2:] == [records[-1], {"split": "note", "step": 99}]
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a JSON record.*fix or delete that line"):
@@ -559,6 +572,7 @@ def test_config_takes_numpy_scalars_and_refuses_what_would_fail_later():
     cfg = T.Config(hidden=np.int64(8), lr=np.float32(0.1), tied=np.bool_(False), seed=np.int32(3)).check()
     assert (type(cfg.hidden), type(cfg.lr), type(cfg.tied), type(cfg.seed)) == (int, float, bool, int)
     json.dumps(cfg.to_dict())  # it goes into checkpoint metadata
+    assert T.Config(data_dir=pathlib.Path("/tmp")).check().data_dir == "/tmp"
     for kw, pattern in [({"tied": "no"}, r"tied \(--tied\) must be True or False"),
                         ({"seed": -1}, r"seed \(--seed\) must be an integer >= 0"),
                         ({"transform_bias": math.nan}, "transform_bias.*finite"),
@@ -587,6 +601,12 @@ def test_data_that_does_not_fit_the_model_is_refused_before_any_step(tiny, tmp_p
     rolls = TinyRolls(_rolls(5, 0), [r[:, :12] for r in _rolls(3, 1)], _rolls(3, 2))
     with pytest.raises(ValueError, match=r"the valid piano rolls of tinyjsb have \[12\] keys per frame"):
         run(tiny_cfg(dataset="tinyjsb", emb=None, batch_size=3, drop_x=0.0), rolls, tmp_path / "b")
+    floats = dataclasses.replace(tiny, test=tiny.test.astype(np.float64))
+    with pytest.raises(ValueError, match="the test split of tiny must be a 1-D integer array"):
+        run(tiny_cfg(), floats, tmp_path / "c")
+    loud = TinyRolls(_rolls(5, 0), [r * 3 for r in _rolls(3, 1)], _rolls(3, 2))
+    with pytest.raises(ValueError, match="the valid piano rolls of tinyjsb must hold 0/1 frames"):
+        run(tiny_cfg(dataset="tinyjsb", emb=None, batch_size=3, drop_x=0.0), loud, tmp_path / "d")
     (tmp_path / "file").write_text("x")
     with pytest.raises(T.RunError, match="is a file"):
         run(tiny_cfg(), tiny, tmp_path / "file")
