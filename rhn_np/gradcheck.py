@@ -151,8 +151,11 @@ def check_rhn(params, xs, s0, dys, masks=None, ds_last=None, *, impl="reference"
     dict name -> relative error, for every parameter name, ``"xs"`` and ``"s0"``.
     A correct backward gives < 1e-6 (usually < 1e-8); a wrong one > 1e-3.
     """
+    if isinstance(params, dict) and set(params) & {"E", "W_out", "b_out"}:
+        raise ValueError("check_rhn checks the RHN layer alone: pass its parameters (rhn.init_params), not a whole "
+                         "language model's; for those, compare lm_loss_and_grads with numerical_gradient")
     arrays = {**params, "xs": xs, "s0": s0}
-    if any(a.dtype != np.float64 for a in arrays.values()):
+    if any(not isinstance(a, np.ndarray) or a.dtype != np.float64 for a in arrays.values()):
         raise TypeError("check_rhn needs float64 NumPy arrays: float32 round-off swamps central differences")
     ys, cache = rhn.forward(params, xs, s0, masks, impl=impl)
     grads, dxs, ds0 = rhn.backward(params, cache, dys, ds_last)

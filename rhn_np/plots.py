@@ -159,6 +159,8 @@ def plot_discs(
 def set_common_limits(axes, margin=0.05):
     """Give every axes in ``axes`` the same (union) x and y limits, equal aspect."""
     axes = list(np.ravel(axes))
+    if not axes:
+        raise ValueError("set_common_limits needs at least one Axes")
     xs = [a.get_xlim() for a in axes]
     ys = [a.get_ylim() for a in axes]
     lo_x, hi_x = min(x[0] for x in xs), max(x[1] for x in xs)
@@ -293,6 +295,9 @@ def save_figure(fig, name, figdir=None):
 
     Returns the path written, or None when no folder is configured.
     """
+    if not hasattr(fig, "savefig"):
+        hint = " (an Axes: pass ax.figure)" if hasattr(fig, "figure") else ""
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}{hint}")
     figdir = figdir or os.environ.get("RHN_FIGDIR")
     if not figdir:
         return None

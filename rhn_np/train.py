@@ -340,8 +340,10 @@ class SequenceBatches:
     """
 
     def __init__(self, sequences, batch_size: int):
-        if not sequences:
-            raise ValueError("no sequences to batch")
+        if isinstance(sequences, np.ndarray) and sequences.ndim == 3:
+            sequences = list(sequences)  # (N, T, K): N sequences of one length
+        if not isinstance(sequences, (list, tuple)) or not sequences:
+            raise ValueError("sequences must be a non-empty list of (T_i, K) piano rolls")
         for j, s in enumerate(sequences):
             if np.ndim(s) != 2 or len(s) < 2:
                 raise ValueError(f"sequence {j} must be a (T_i >= 2, K) array, got shape {np.shape(s)}")
@@ -363,6 +365,8 @@ class SequenceBatches:
 
     def window(self, i: int, order):
         """Batch ``i`` under ``order``: ``(x (T, B, K), y (T, B, K), step_mask (T, B))``."""
+        if not 0 <= i < self.n_windows:
+            raise IndexError(f"batch {i} of an epoch of {self.n_windows} (0..{self.n_windows - 1})")
         idx = order[i * self.batch_size: (i + 1) * self.batch_size]
         seqs = [self.sequences[j] for j in idx]
         T = max(len(s) for s in seqs) - 1

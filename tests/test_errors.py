@@ -442,3 +442,29 @@ def test_data_and_rnn_helpers_name_their_arguments():
                         ({"init_std": "0.1"}, "init_std must be a number >= 0"), ({"dtype": "int32"}, "dtype must be")]:
         with pytest.raises((TypeError, ValueError), match=pattern):
             theory.rnn_init(**{"n_in": 3, "n": 4, **kw})
+
+
+def test_plots_gradcheck_and_roll_batches_name_a_wrong_argument():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rhn_np import gradcheck, lm, plots, train
+
+    fig, ax = plt.subplots()
+    with pytest.raises(TypeError, match=r"fig must be a matplotlib Figure, got Axes \(an Axes: pass ax.figure\)"):
+        plots.save_figure(ax, "x")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least one Axes"):
+        plots.set_common_limits([])
+    p = lm.init_lm_params(5, 3, 4, 1, dtype="float64")
+    with pytest.raises(ValueError, match="check_rhn checks the RHN layer alone"):
+        gradcheck.check_rhn(p, np.zeros((2, 1, 3)), np.zeros((1, 4)), np.zeros((2, 1, 4)))
+    rolls = np.zeros((3, 6, 88), np.uint8)  # N equal-length rolls as one array
+    batches = train.SequenceBatches(rolls, 2)
+    assert len(batches) == 2 and batches.window(1, batches.order(None))[0].shape == (5, 1, 88)
+    with pytest.raises(IndexError, match=r"batch 2 of an epoch of 2 \(0..1\)"):
+        batches.window(2, batches.order(None))
+    with pytest.raises(ValueError, match="non-empty list of"):
+        train.SequenceBatches([], 2)
