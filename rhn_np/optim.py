@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
+from .rhn import _positive_int
 
 __all__ = [
     "global_norm",
@@ -317,13 +318,8 @@ def lr_at_epoch(epoch, lr, max_epoch, lr_decay):
     ``lr_decay`` once more. PTB: ``lr=0.2, max_epoch=20, lr_decay=1.02``; enwik8 /
     text8: ``max_epoch=5, lr_decay=1.03``.
     """
-    for name, v in (("epoch", epoch), ("max_epoch", max_epoch)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {v!r} (arguments: epoch, lr, max_epoch, lr_decay)")
-    if epoch < 0:
-        raise ValueError(f"epoch counts from 0, got {epoch}")
-    if max_epoch < 1:
-        raise ValueError(f"max_epoch (epochs at the full rate) must be >= 1, got {max_epoch}")
+    epoch = _positive_int("epoch", epoch, minimum=0)  # counts from 0
+    max_epoch = _positive_int("max_epoch", max_epoch)
     lr = _check_number("lr", lr)
     lr_decay = _check_number("lr_decay", lr_decay, minimum=1.0)  # >= 1: the rate never grows
-    return lr / lr_decay ** max(int(epoch) - int(max_epoch) + 1, 0)
+    return lr / lr_decay ** max(epoch - max_epoch + 1, 0)

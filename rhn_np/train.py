@@ -261,7 +261,7 @@ def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05
 
     ``lr`` at step 0, ``lr · r`` from step ``D = decay_steps`` on.
     """
-    decay_steps = _count("decay_steps", decay_steps)
+    decay_steps = lm._check_int("decay_steps", decay_steps)
     frac = min(max(int(step), 0), decay_steps) / decay_steps
     return lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
@@ -278,11 +278,22 @@ def config_from_preset(preset: str = "demo", **overrides) -> Config:
 # ----------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------
-def _count(name: str, value) -> int:
-    """A positive integer argument (NumPy integers too), or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def _check_rolls(sequences, what: str) -> list[np.ndarray]:
+    """Piano rolls as NumPy arrays: each (T_i >= 2, K) of 0/1 frames, one K for all."""
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 3:
+        sequences = list(sequences)  # (N, T, K): N sequences of one length
+    if not isinstance(sequences, (list, tuple)) or not sequences:
+        raise ValueError(f"{what} must be a non-empty list of (T_i, K) piano rolls")
+    rolls = [np.asarray(s) for s in sequences]
+    for j, r in enumerate(rolls):
+        if r.ndim != 2 or len(r) < 2:
+            raise ValueError(f"{what}: sequence {j} must be a (T_i >= 2, K) array, got shape {r.shape}")
+        if not np.all((r == 0) | (r == 1)):
+            raise ValueError(f"{what}: sequence {j} must hold 0/1 piano-roll frames (a key off or on), got other values")
+    keys = sorted({r.shape[1] for r in rolls})
+    if len(keys) != 1:
+        raise ValueError(f"{what}: all sequences must have the same number of keys K, got {keys}")
+    return rolls
 
 
 class TokenBatches:
@@ -299,7 +310,7 @@ class TokenBatches:
         stream = _backend.to_host(stream)  # any backend's array, or a list
         if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
             raise ValueError(f"the token stream must be a 1-D integer array, got {stream.dtype} {stream.shape}")
-        self.batch_size, self.bptt = _count("batch_size", batch_size), _count("bptt", bptt)
+        self.batch_size, self.bptt = lm._check_int("batch_size", batch_size), lm._check_int("bptt", bptt)
         L = len(stream) // self.batch_size
         if L < 2:
             raise ValueError(
@@ -340,19 +351,8 @@ class SequenceBatches:
     """
 
     def __init__(self, sequences, batch_size: int):
-        if isinstance(sequences, np.ndarray) and sequences.ndim == 3:
-            sequences = list(sequences)  # (N, T, K): N sequences of one length
-        if not isinstance(sequences, (list, tuple)) or not sequences:
-            raise ValueError("sequences must be a non-empty list of (T_i, K) piano rolls")
-        for j, s in enumerate(sequences):
-            if np.ndim(s) != 2 or len(s) < 2:
-                raise ValueError(f"sequence {j} must be a (T_i >= 2, K) array, got shape {np.shape(s)}")
-            if not np.all((np.asarray(s) == 0) | (np.asarray(s) == 1)):
-                raise ValueError(f"sequence {j} must hold 0/1 piano-roll frames (a key off or on), got other values")
-        if len({np.shape(s)[1] for s in sequences}) != 1:
-            raise ValueError(f"all sequences must have the same number of keys K, got {sorted({np.shape(s)[1] for s in sequences})}")
-        self.sequences = [np.asarray(s) for s in sequences]
-        self.batch_size = _count("batch_size", batch_size)
+        self.sequences = _check_rolls(sequences, "sequences")
+        self.batch_size = lm._check_int("batch_size", batch_size)
         self.n_windows = -(-len(self.sequences) // self.batch_size)
 
     def __len__(self) -> int:
@@ -759,13 +759,11 @@ class Trainer:
         ds = self.ds
         for split in ("train", "valid", "test"):
             part = getattr(ds, split)
-            if ds.kind == "piano_roll":
-                keys = sorted({int(np.shape(r)[1]) for r in part})
-                if keys and keys != [88]:
-                    raise ValueError(f"the {split} piano rolls of {ds.name} have {keys} keys per frame; the model "
-                                     "reads 88 (MIDI notes 21-108)")
-                if not all(np.all((np.asarray(r) == 0) | (np.asarray(r) == 1)) for r in part):
-                    raise ValueError(f"the {split} piano rolls of {ds.name} must hold 0/1 frames (a key off or on)")
+            if ds.kind == "piano_roll":  # train: already checked by its SequenceBatches
+                rolls = self.batches.sequences if split == "train" else _check_rolls(part, f"the {split} piano rolls of {ds.name}")
+                if rolls[0].shape[1] != 88:
+                    raise ValueError(f"the {split} piano rolls of {ds.name} have {rolls[0].shape[1]} keys per frame; "
+                                     "the model reads 88 (MIDI notes 21-108)")
                 continue
             part = _backend.to_host(part)
             if part.ndim != 1 or not np.issubdtype(part.dtype, np.integer):

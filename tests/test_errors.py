@@ -336,8 +336,10 @@ def test_optimisers_refuse_what_broadcasting_or_an_unpacked_tuple_would_hide():
     with np.errstate(over="ignore"):
         clipped, norm = optim.clip_global_norm({"w": np.full(4, 3e19, np.float32)}, 10.0)
     assert np.isinf(norm) and np.all(np.isnan(clipped["w"]))
-    with pytest.raises(TypeError, match=r"max_epoch must be an integer, got 5.0 \(arguments: epoch, lr, max_epoch"):
+    with pytest.raises(TypeError, match=r"max_epoch must be an integer, got float"):
         optim.lr_at_epoch(0, 0.2, 5.0, 1.02)
+    with pytest.raises(TypeError, match=r"epoch must be an integer, got float"):  # arguments swapped
+        optim.lr_at_epoch(0.2, 5, 20, 1.02)
     with pytest.raises(ValueError, match="lr_decay must be a finite number >= 1.0"):
         optim.lr_at_epoch(30, 0.2, 20, 0.5)
 
