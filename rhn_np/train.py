@@ -203,10 +203,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - _CONFIG_FIELDS
         if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_FIELDS)}")
         return cls(**d)
 
 
