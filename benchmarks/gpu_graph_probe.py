@@ -16,7 +16,6 @@ import json
 import statistics
 import time
 
-import numpy as np
 
 from rhn_np import backend, rhn
 

@@ -742,6 +742,7 @@ class _CupyRawKernels(_StepPlans):
             fwd(grid, block, (np.uintp(pa), bias, stride, np.uintp(pS + off), np.uintp(pm)) + gates
                 + (s_out, s_out2, np.uintp(ps_tr)) + tail)
 
+        step.buffers = (a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a)  # the addresses above stay valid
         return step
 
     def backward_steps(self, R, S, Hs, Ts, Cs, dys, mask, dA, carry, g):
@@ -776,6 +777,9 @@ class _CupyRawKernels(_StepPlans):
         def ds0():
             return carry[cur[0]] + g * mask
 
+        # The step works on raw addresses: it must own the arrays behind them (the caller
+        # may drop its R while the loop runs).
+        step.buffers = (R, S, Hs, Ts, Cs, dys, mask, dA, carry, g)
         return step, ds0
 
 

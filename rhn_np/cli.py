@@ -159,7 +159,7 @@ def _evaluate(args) -> int:
 
 
 def _sample(args) -> int:
-    from . import data, train as T
+    from . import train as T
 
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = T.dataset_for_sampling(meta)

@@ -75,7 +75,7 @@ def backward(params, cache, dys, ds_last):
         carry[0][...] = ds_last
     g = xp.zeros((B, n), dtype=dtype, device=dev)  # ∂L/∂a @ Rᵀ of the micro-layer above
     step, ds0 = k.backward_steps(R, S, Hs, Ts, Cs, dys, mask, dA, carry, g)
-    del R  # the step function holds what it needs (on NumPy: a copy laid out as Rᵀ)
+    del R  # the step function holds what it needs (NumPy: a copy laid out as Rᵀ; CuPy: R itself)
     for t in reversed(range(T)):
         for l in reversed(range(depth)):
             step(t, l)  # one gate kernel (-> dA[l, t]) + one GEMM (-> g)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import settings, strategies as st
 
-from rhn_np import backend
+from rhn_np import backend, rhn
 
 settings.register_profile("dev", max_examples=10, deadline=None)
 settings.register_profile("ci", max_examples=50, deadline=None)
@@ -72,6 +72,27 @@ def make_inputs(T, B, n_in, n, *, seed=0, masks=False, keep=0.7, s0_scale=0.5):
             "s": (rng.random((B, n)) < keep) / keep,
         }
     return xs, s0, dys, ds_last, m
+
+
+def window_case(cfg, dtype, seed=0):
+    """Host inputs of one window for ``cfg = (T, B, n_in, n, depth, coupled, masks, ds_last)``:
+    ``(params, xs, s0, masks, dys, ds_last)`` in ``dtype`` (masks/ds_last None when off)."""
+    T, B, n_in, n, depth, coupled, use_masks, use_last = cfg
+    rng = np.random.default_rng(seed)
+    p = rhn.init_params(n_in, n, depth, coupled=coupled, init_scale=0.5, transform_bias=-1.0, seed=seed, dtype=dtype)
+    xs = rng.standard_normal((T, B, n_in)).astype(dtype)
+    s0 = rng.uniform(-1, 1, (B, n)).astype(dtype)
+    masks = {"x": rng.uniform(0, 2, (B, n_in)).astype(dtype), "s": rng.uniform(0, 2, (B, n)).astype(dtype)} if use_masks else None
+    dys = rng.standard_normal((T, B, n)).astype(dtype)
+    last = rng.standard_normal((B, n)).astype(dtype) if use_last else None
+    return p, xs, s0, masks, dys, last
+
+
+def run_window(p, xs, s0, masks, dys, last, impl):
+    """Forward + BPTT of one window: ``{"ys", "dxs", "ds0", "d<param>"...}``."""
+    ys, cache = rhn.forward(p, xs, s0, masks, impl=impl)
+    grads, dxs, ds0 = rhn.backward(p, cache, dys, last)
+    return {"ys": ys, "dxs": dxs, "ds0": ds0, **{f"d{k}": v for k, v in grads.items()}}
 
 
 def draw_layer(data, *, masks=None, ds_last=None, T_max=5, B_max=3, n_in_max=5, n_max=6, depth_max=4,

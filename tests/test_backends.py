@@ -236,7 +236,6 @@ def test_numpy_fast_matches_reference_drawn(data):
 
 
 def test_numpy_fast_leaves_its_inputs_alone_and_same_cache_size():
-    be = backend.get("numpy")
     p = rhn.init_params(3, 4, 2, coupled=False, init_scale=0.5, seed=6, dtype="float64")
     xs, s0, dys, ds_last, masks = make_inputs(3, 2, 3, 4, seed=6, masks=True)
     before = [a.copy() for a in (xs, s0, dys, ds_last, masks["x"], masks["s"], *p.values())]

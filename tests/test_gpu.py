@@ -8,6 +8,7 @@ CUDA GPU. They are real tests: run them on a GPU before claiming GPU support
 import numpy as np
 import pytest
 
+from conftest import run_window, window_case
 from rhn_np import backend, checkpoint, rhn
 
 pytestmark = [
@@ -30,30 +31,12 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def _case(cfg, dtype, seed=0):
-    T, B, n_in, n, depth, coupled, use_masks, use_last = cfg
-    rng = np.random.default_rng(seed)
-    p = rhn.init_params(n_in, n, depth, coupled=coupled, init_scale=0.5, transform_bias=-1.0, seed=seed, dtype=dtype)
-    xs = rng.standard_normal((T, B, n_in)).astype(dtype)
-    s0 = rng.uniform(-1, 1, (B, n)).astype(dtype)
-    masks = {"x": rng.uniform(0, 2, (B, n_in)).astype(dtype), "s": rng.uniform(0, 2, (B, n)).astype(dtype)} if use_masks else None
-    dys = rng.standard_normal((T, B, n)).astype(dtype)
-    last = rng.standard_normal((B, n)).astype(dtype) if use_last else None
-    return p, xs, s0, masks, dys, last
-
-
 def _to_gpu(tree):
     if tree is None:
         return None
     if isinstance(tree, dict):
         return {k: backend.to_device(v, "cupy") for k, v in tree.items()}
     return backend.to_device(tree, "cupy")
-
-
-def _run(p, xs, s0, masks, dys, last, impl):
-    ys, cache = rhn.forward(p, xs, s0, masks, impl=impl)
-    grads, dxs, ds0 = rhn.backward(p, cache, dys, last)
-    return {"ys": ys, "dxs": dxs, "ds0": ds0, **{f"d{k}": v for k, v in grads.items()}}
 
 
 @pytest.fixture(params=["raw", "elementwise"])
@@ -67,9 +50,9 @@ def cuda_variant(request):
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_cupy_matches_numpy(cfg, impl, dtype, cuda_variant):
-    case = _case(cfg, dtype)
-    want = _run(*case, impl="reference")
-    got = _run(*(_to_gpu(a) for a in case), impl=impl)
+    case = window_case(cfg, dtype)
+    want = run_window(*case, impl="reference")
+    got = run_window(*(_to_gpu(a) for a in case), impl=impl)
     for k in want:
         assert backend.name_of(got[k]) == "cupy", k
         assert got[k].dtype == want[k].dtype, k
@@ -78,9 +61,9 @@ def test_cupy_matches_numpy(cfg, impl, dtype, cuda_variant):
 
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_fused_matches_reference_on_gpu(cfg, cuda_variant):
-    case = [_to_gpu(a) for a in _case(cfg, "float64", seed=3)]
-    ref = _run(*case, impl="reference")
-    fast = _run(*case, impl="fast")
+    case = [_to_gpu(a) for a in window_case(cfg, "float64", seed=3)]
+    ref = run_window(*case, impl="reference")
+    fast = run_window(*case, impl="fast")
     for k in ref:
         assert rel(fast[k], ref[k]) < 1e-12, k
     ys, cache_f = rhn.forward(case[0], case[1], case[2], case[3], impl="fast")
@@ -113,7 +96,7 @@ def test_raw_cublas_gemm_layouts(shape, dtype):
 
 
 def test_mixing_cupy_and_numpy_is_a_clear_error():
-    p, xs, s0, *_ = _case(CONFIGS[0], "float32")
+    p, xs, s0, *_ = window_case(CONFIGS[0], "float32")
     with pytest.raises(TypeError, match="different backends"):
         rhn.forward(_to_gpu(p), xs, backend.to_device(s0, "cupy"))
 
@@ -179,7 +162,7 @@ def test_fifty_training_steps_same_loss_curve(dtype, tol):
 def test_theory_on_gpu_arrays():
     from rhn_np import theory
 
-    p, xs, s0, masks, *_ = _case(CONFIGS[1], "float64", seed=2)
+    p, xs, s0, masks, *_ = window_case(CONFIGS[1], "float64", seed=2)
     J_cpu = theory.step_jacobian(p, xs[0], s0, masks)
     J_gpu = theory.step_jacobian(_to_gpu(p), _to_gpu(xs[0]), _to_gpu(s0), _to_gpu(masks))
     assert backend.name_of(J_gpu) == "cupy"
@@ -197,12 +180,12 @@ def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
 
     T, B = cfg[0], cfg[1]
     use_masks, use_last = cfg[6], cfg[7]
-    p = _to_gpu(_case(cfg, dtype, seed=0)[0])
+    p = _to_gpu(window_case(cfg, dtype, seed=0)[0])
     window = fast.CapturedWindow(p, T, B, masks=use_masks, ds_last=use_last)
     for call in range(3):  # new inputs each call, and an in-place parameter update between calls
-        _, xs, s0, masks, dys, last = (_to_gpu(a) for a in _case(cfg, dtype, seed=10 + call))
+        _, xs, s0, masks, dys, last = (_to_gpu(a) for a in window_case(cfg, dtype, seed=10 + call))
         ys, grads, dxs, ds0 = window(xs, s0, dys, masks, last)
-        want = _run(p, xs, s0, masks, dys, last, impl="fast")
+        want = run_window(p, xs, s0, masks, dys, last, impl="fast")
         got = {"ys": ys, "dxs": dxs, "ds0": ds0, **{f"d{k}": v for k, v in grads.items()}}
         for k in want:
             assert rel(got[k], want[k]) < tol, (call, k, rel(got[k], want[k]))
@@ -214,7 +197,7 @@ def test_captured_window_refuses_replaced_params_and_wrong_shapes():
     from rhn_np import fast
 
     cfg = CONFIGS[0]
-    p, xs, s0, _, dys, _ = (_to_gpu(a) for a in _case(cfg, "float32"))
+    p, xs, s0, _, dys, _ = (_to_gpu(a) for a in window_case(cfg, "float32"))
     window = fast.CapturedWindow(p, cfg[0], cfg[1])
     window(xs, s0, dys)
     with pytest.raises(ValueError, match="captured"):
