@@ -79,61 +79,79 @@ def _raw_launchers(source):
 def _elementwise_function(name, in_params, out_params, body):
     """A C++ function that runs an ElementwiseKernel body for i in [0, size): a non-raw
     parameter ``T x`` is the element ``x[i]`` (a reference for outputs), a ``raw T x``
-    the whole array, an ``int32 x`` a scalar, as CuPy's generated code has them."""
+    the whole array, an ``int32 x`` a scalar, as CuPy's generated code has them.
+    Returns the code and [(kind, name, is_output)] of its parameters after ``size``."""
     c_params, prologue, sig = [], [], []
     for text, is_out in [(p, False) for p in in_params.split(",")] + [(p, True) for p in out_params.split(",")]:
         words = text.split()
         pname = words[-1]
         if words[0] == "raw":
             c_params.append(f"T* {pname}")
-            sig.append(("ptr", pname))
+            sig.append(("raw", pname, is_out))
         elif words[0] == "int32":
             c_params.append(f"int {pname}")
-            sig.append(("int", pname))
+            sig.append(("int", pname, is_out))
         else:
             c_params.append(f"T* {pname}_array")
             prologue.append(f"T& {pname} = {pname}_array[i];" if is_out else f"const T {pname} = {pname}_array[i];")
-            sig.append(("ptr", pname))
-    code = (f'extern "C" void elementwise_{name}(long size, {", ".join(c_params)}) {{\n'
+            sig.append(("elem", pname, is_out))
+    code = (f'extern "C" void {name}(long size, {", ".join(c_params)}) {{\n'
             f"  for (long i = 0; i < size; ++i) {{\n    {' '.join(prologue)}\n{body}\n  }}\n}}\n")
     return code, sig
 
 
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _LIBS: dict = {}
 
 
-def _compile(dtype, tmp_dir):
-    """Build (once per dtype) a shared library of the raw kernels, their launchers and
-    the ElementwiseKernel bodies, all from the strings the package gives to CuPy."""
-    key = np.dtype(dtype)
-    if key in _LIBS:
-        return _LIBS[key]
-    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[key]
-    launchers, sigs = _raw_launchers(backend._RAW_SOURCE)
-    elementwise, ew_sigs = [], {}
-    for coupled in (True, False):
-        tag = "coupled" if coupled else "uncoupled"
-        c = "" if coupled else ", T c"
-        for kind, ins, outs, body in (
-            ("fwd", "raw T a, raw T bias, T s_in, T mask, int32 n, int32 kn, int32 bias_stride",
-             f"T h, T t{c}, T s_out, T s_tr", backend._CUDA_FORWARD[coupled]),
-            ("bwd", f"T carry_in, T g, T mask, T extra, T s_in, T h, T t{c}, int32 n, int32 kn",
-             "raw T da, T carry_out", backend._CUDA_BACKWARD[coupled]),
-        ):
-            code, sig = _elementwise_function(f"{kind}_{tag}", ins, outs, body)
-            elementwise.append(code)
-            ew_sigs[f"{kind}_{tag}"] = sig
-    source = (_SHIM + backend._CUDA_GATES + f"typedef {ctype} T;\n" + backend._RAW_SOURCE + launchers
-              + "".join(elementwise))
-    src = tmp_dir / f"rhn_cuda_{ctype}.cpp"
-    lib_path = tmp_dir / f"rhn_cuda_{ctype}.so"
-    src.write_text(source)
-    done = subprocess.run([CXX, "-std=c++11", "-O1", "-shared", "-fPIC", "-o", str(lib_path), str(src)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"the CUDA sources do not compile as C++:\n{done.stderr}"
-    lib = ctypes.CDLL(str(lib_path))
-    _LIBS[key] = (lib, sigs, ew_sigs)
+def _build(source, tmp_dir):
+    """Compile C++ ``source`` to a shared library (once per source) and load it."""
+    key = hash(source)
+    if key not in _LIBS:
+        src = tmp_dir / f"rhn_cuda_{len(_LIBS)}.cpp"
+        lib_path = src.with_suffix(".so")
+        src.write_text(source)
+        done = subprocess.run([CXX, "-std=c++11", "-O1", "-shared", "-fPIC", "-o", str(lib_path), str(src)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"the CUDA source does not compile as C++:\n{done.stderr}"
+        _LIBS[key] = ctypes.CDLL(str(lib_path))
     return _LIBS[key]
+
+
+def _compile(dtype, tmp_dir):
+    """The raw kernels (the string the package gives ``cupy.RawModule``) and their
+    launchers, built for ``dtype``: (library, {kernel name: parameters})."""
+    launchers, sigs = _raw_launchers(backend._RAW_SOURCE)
+    source = _SHIM + backend._CUDA_GATES + f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + backend._RAW_SOURCE + launchers
+    return _build(source, tmp_dir), sigs
+
+
+class FakeElementwiseKernel:
+    """A stand-in for ``cupy.ElementwiseKernel`` built from the same four strings: the
+    body runs for every element of the (C-contiguous, same-shape) non-raw arrays."""
+
+    def __init__(self, tmp_dir, in_params, out_params, operation, name, preamble=""):
+        self.tmp_dir, self.name = tmp_dir, name
+        self.in_params, self.out_params, self.operation, self.preamble = in_params, out_params, operation, preamble
+
+    def __call__(self, *args):
+        code, sig = _elementwise_function(self.name, self.in_params, self.out_params, self.operation)
+        assert len(args) == len(sig), f"{self.name} takes {len(sig)} arguments, got {len(args)}"
+        arrays = [a for (kind, _, _), a in zip(sig, args) if kind != "int"]
+        dtype = arrays[0].dtype
+        shape = next(a.shape for (kind, _, _), a in zip(sig, args) if kind == "elem")
+        for (kind, pname, _), a in zip(sig, args):
+            if kind == "int":
+                assert isinstance(a, (int, np.integer)), f"{self.name}: {pname} is {type(a).__name__}"
+                continue
+            assert a.dtype == dtype, f"{self.name}: {pname} is {a.dtype}, others {dtype}"
+            assert a.flags.c_contiguous, f"{self.name}: {pname} is not C-contiguous"
+            if kind == "elem":
+                assert a.shape == shape, f"{self.name}: {pname} has shape {a.shape}, the loop {shape}"
+        lib = _build(_SHIM + self.preamble + f"typedef {_CTYPE[dtype]} T;\n" + code, self.tmp_dir)
+        fn = getattr(lib, self.name)
+        fn.argtypes = [ctypes.c_long] + [ctypes.c_int if kind == "int" else ctypes.c_void_p for kind, _, _ in sig]
+        fn(int(np.prod(shape)), *[int(a) if kind == "int" else a.ctypes.data for (kind, _, _), a in zip(sig, args)])
 
 
 def _raw_kernel(lib, name, params):
@@ -218,7 +236,7 @@ class EmulatedRawKernels(backend._CupyRawKernels):
         tag = "coupled" if coupled else "uncoupled"
         self._fn = {}
         for dt in (np.float32, np.float64):
-            lib, sigs, _ = _compile(dt, tmp_dir)
+            lib, sigs = _compile(dt, tmp_dir)
             self._fn[np.dtype(dt)] = (_raw_kernel(lib, f"fwd_{tag}", sigs[f"fwd_{tag}"]),
                                       _raw_kernel(lib, f"bwd_{tag}", sigs[f"bwd_{tag}"]))
 
@@ -292,40 +310,18 @@ def test_raw_matmul_layouts(shape, a_order, b_order, build_dir):
     np.testing.assert_allclose(out, a @ b, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("coupled", [True, False])
-def test_elementwise_cuda_bodies_match_numpy_kernels(coupled, build_dir):
-    """The ElementwiseKernel variant's bodies compute what the NumPy gate kernels do."""
-    lib, _, ew = _compile(np.float64, build_dir)
-    tag = "coupled" if coupled else "uncoupled"
-    rng = np.random.default_rng(2)
-    B, n = 4, 5
-    kn = (2 if coupled else 3) * n
-    ref = backend._NumpyGateKernels(coupled)
-
-    def call(name, arrays, scalars, size):
-        fn = getattr(lib, f"elementwise_{name}")
-        sig = ew[name]
-        fn.argtypes = [ctypes.c_long] + [ctypes.c_void_p if kind == "ptr" else ctypes.c_int for kind, _ in sig]
-        fn(size, *[arrays[p].ctypes.data if kind == "ptr" else scalars[p] for kind, p in sig])
-
-    for bias_2d in (True, False):  # layer 1 adds the (B, kn) input projection, others b[l] (kn,)
-        a = rng.standard_normal((B, kn))
-        bias = rng.standard_normal((B, kn) if bias_2d else (kn,))
-        s_in, mask = rng.standard_normal((B, n)), rng.uniform(0, 2, (B, n))
-        outs = {k: np.full((B, n), np.nan) for k in ("h", "t", "c", "s_out", "s_tr")}
-        call(f"fwd_{tag}", {"a": a, "bias": bias, "s_in": s_in, "mask": mask, **outs},
-             {"n": n, "kn": kn, "bias_stride": kn if bias_2d else 0}, B * n)
-        want = {k: np.full((B, n), np.nan) for k in ("h", "t", "c", "s_out", "s_tr")}
-        ref.forward(a.copy(), bias, s_in, mask, want["h"], want["t"], want["c"], want["s_out"], want["s_tr"])
-        for key in ("h", "t", "s_out", "s_tr") + (() if coupled else ("c",)):
-            np.testing.assert_allclose(outs[key], want[key], rtol=1e-13, atol=1e-13, err_msg=key)
-
-    carry_in, g, extra = (rng.standard_normal((B, n)) for _ in range(3))
-    h, t, c = np.tanh(rng.standard_normal((B, n))), rng.uniform(0, 1, (B, n)), rng.uniform(0, 1, (B, n))
-    da, carry_out = np.full((B, kn), np.nan), np.full((B, n), np.nan)
-    call(f"bwd_{tag}", {"carry_in": carry_in, "g": g, "mask": mask, "extra": extra, "s_in": s_in, "h": h, "t": t,
-                        "c": c, "da": da, "carry_out": carry_out}, {"n": n, "kn": kn}, B * n)
-    want_da, want_carry = np.full((B, kn), np.nan), np.full((B, n), np.nan)
-    ref.backward(carry_in.copy(), g.copy(), mask, extra, s_in, h, t, c, want_da, want_carry)
-    np.testing.assert_allclose(da, want_da, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(carry_out, want_carry, rtol=1e-13, atol=1e-13)
+@pytest.mark.parametrize("cfg", CASES)
+def test_elementwise_cuda_path_matches_reference(cfg, build_dir, monkeypatch):
+    """The ElementwiseKernel variant (``_CupyGateKernels``, built from its own strings by
+    a stand-in ``cupy.ElementwiseKernel``) gives the reference's window, float64."""
+    fake_cupy = types.SimpleNamespace(
+        ElementwiseKernel=lambda *a, **kw: FakeElementwiseKernel(build_dir, *a, **kw),
+        matmul=np.matmul, ascontiguousarray=np.ascontiguousarray, zeros=np.zeros)
+    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy)
+    k = backend._CupyGateKernels(cfg[5])
+    monkeypatch.setattr(backend, "gate_kernels", lambda x, coupled: k)
+    case = window_case(cfg, "float64")
+    got = run_window(*case, impl="fast")
+    want = run_window(*case, impl="reference")
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
