@@ -422,16 +422,25 @@ def main(argv=None):
         print("PyTorch is not installed: no baseline (pip install -e '.[bench]')", file=sys.stderr)
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "cpu_threads": threads, "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
-    layer, lm = [], []
-    for device in devices:
-        layer += (cpu_rows if device == "cpu" else gpu_rows)(sizes, args.repeats, torch)
-        lm += lm_rows(presets, "numpy" if device == "cpu" else "cupy", args.lm_repeats)
     if "gpu" in devices:
         meta.update({k: v for k, v in backend.describe().items() if k != "backends"})
+    layer, lm = [], []
+
+    def save():  # after every row, so a run stopped part-way keeps what it measured
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump({"meta": meta, "rows": layer, "lm": lm}, fh, indent=2)
+            os.replace(tmp, args.json)
+
+    for device in devices:
+        for size in sizes:
+            layer += (cpu_rows if device == "cpu" else gpu_rows)([size], args.repeats, torch)
+            save()
+        for preset in presets:
+            lm += lm_rows([preset], "numpy" if device == "cpu" else "cupy", args.lm_repeats)
+            save()
     print(report(meta, layer, lm))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": layer, "lm": lm}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -627,10 +627,12 @@ class _Cublas:
         handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle.value
-        self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=cp.uint8)
-        self._check(lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES), "cublasSetWorkspace")
-        self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
+        # A plain device allocation, not from the current memory pool: this object is cached
+        # for the process, and may first be built inside a CapturedWindow's private pool.
+        self.workspace = cp.cuda.Memory(self.WORKSPACE_BYTES)
         self.lib = lib
+        self._set_workspace()
+        self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
         self.gemm = {np.dtype(np.float32): lib.cublasSgemm_v2, np.dtype(np.float64): lib.cublasDgemm_v2}
         self.scalars = {dt: (np.ones((), dt), np.zeros((), dt)) for dt in self.gemm}
         self.one_zero = {dt: (one.ctypes.data, zero.ctypes.data) for dt, (one, zero) in self.scalars.items()}
@@ -640,9 +642,14 @@ class _Cublas:
         if status != 0:
             raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
+    def _set_workspace(self):
+        self._check(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.ptr, self.WORKSPACE_BYTES),
+                    "cublasSetWorkspace")
+
     def use_stream(self, stream_ptr):
         """Issue the following GEMMs on this stream (the caller's current one)."""
         self._check(self.lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+        self._set_workspace()  # cublasSetStream resets the workspace to cuBLAS's default pool
 
 
 class _CupyRawKernels(_StepPlans):
@@ -848,7 +855,12 @@ def capture_graph(fn) -> CapturedGraph:
         stream.begin_capture() if mode is None else stream.begin_capture(mode)
         try:
             outputs = fn()
-        finally:
-            graph = stream.end_capture()
+        except BaseException:
+            try:  # end the broken capture, but report what broke it
+                stream.end_capture()
+            except Exception:
+                pass
+            raise
+        graph = stream.end_capture()
     stream.synchronize()
     return CapturedGraph(graph, outputs, pool, stream)
