@@ -14,7 +14,9 @@ same forward and BPTT (tested against it) with the launch count a GPU wants:
 
 The elementwise kernels come from :func:`rhn_np.backend.gate_kernels`: CUDA
 ``ElementwiseKernel`` s on CuPy (Chainer's LSTM style), in-place NumPy ufunc calls on
-NumPy (so the loop and buffer logic of this file is tested on every CPU too).
+NumPy (so the loop and buffer logic of this file is tested on every CPU too). The CuPy
+plans' own code is also tested without a GPU: ``tests/test_cuda_emulated.py`` compiles
+their CUDA source for the CPU and plays cuBLAS with NumPy.
 
 The cache has the same layout as the reference one (``S``, ``H``, ``T``, ``C`` of
 shape (L, T, B, n)), so :func:`rhn_np.rhn.backward` accepts either.
