@@ -154,8 +154,9 @@ class FakeElementwiseKernel:
         fn(int(np.prod(shape)), *[int(a) if kind == "int" else a.ctypes.data for (kind, _, _), a in zip(sig, args)])
 
 
-def _raw_kernel(lib, name, params):
-    """A stand-in for ``cupy.RawKernel``: ``kernel(grid, block, args)``."""
+def _raw_kernel(lib, name, params, launches):
+    """A stand-in for ``cupy.RawKernel``: ``kernel(grid, block, args)``; appends ``name``
+    to ``launches`` at every launch."""
     fn = getattr(lib, f"launch_{name}")
     fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p if "*" in t else ctypes.c_int for t, _ in params]
     fn.restype = None
@@ -165,6 +166,7 @@ def _raw_kernel(lib, name, params):
         for (t, pname), value in zip(params, args):  # CuPy passes NumPy scalars by their C type
             want = np.uintp if "*" in t else np.int32
             assert isinstance(value, want), f"{name}: argument {pname} is {type(value).__name__}, not {want.__name__}"
+        launches.append(name)
         fn(grid[0], block[0], *[int(v) for v in args])
 
     return launch
@@ -219,7 +221,7 @@ class EmulatedRawKernels(backend._CupyRawKernels):
 
     def __init__(self, coupled, tmp_dir, capturing=False):
         self.coupled = coupled
-        self.calls = []
+        self.calls, self.launches = [], []  # cuBLAS calls and kernel launches, in order
         self._scalars = {dt: (np.ones((), dt), np.zeros((), dt)) for dt in (np.dtype(np.float32), np.dtype(np.float64))}
         one_zero = {dt: (one.ctypes.data, zero.ctypes.data) for dt, (one, zero) in self._scalars.items()}
         # the ctypes binding returns a status (0 = success), CuPy's Cython one None
@@ -237,8 +239,8 @@ class EmulatedRawKernels(backend._CupyRawKernels):
         self._fn = {}
         for dt in (np.float32, np.float64):
             lib, sigs = _compile(dt, tmp_dir)
-            self._fn[np.dtype(dt)] = (_raw_kernel(lib, f"fwd_{tag}", sigs[f"fwd_{tag}"]),
-                                      _raw_kernel(lib, f"bwd_{tag}", sigs[f"bwd_{tag}"]))
+            self._fn[np.dtype(dt)] = (_raw_kernel(lib, f"fwd_{tag}", sigs[f"fwd_{tag}"], self.launches),
+                                      _raw_kernel(lib, f"bwd_{tag}", sigs[f"bwd_{tag}"], self.launches))
 
     # fast.py hands over plain NumPy buffers; the real methods see them as HostArrays.
     def matmul(self, a, b, out=None):
@@ -276,8 +278,11 @@ def test_raw_cuda_path_matches_reference(cfg, capturing, build_dir, monkeypatch)
     got = run_window(*case, impl="fast")
     want = run_window(*case, impl="reference")
     T, B, n_in, n, depth = cfg[:5]
-    # one GEMM per micro-step each way, plus the input projection, dR per layer, dW and dx
+    # one GEMM per micro-step each way, plus the input projection, dR per layer, dW and dx;
+    # one fused gate kernel per micro-step each way
     assert len(k.calls) == 2 * T * depth + 1 + depth + 2
+    tag = "coupled" if cfg[5] else "uncoupled"
+    assert k.launches == [f"fwd_{tag}"] * (T * depth) + [f"bwd_{tag}"] * (T * depth)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
