@@ -250,6 +250,9 @@ def plot_norm_vs_lag(curves, ax=None, *, title=None, ylabel=r"$\|\partial s_T / 
     for i, (label, norms) in enumerate(curves.items()):
         color = colors[i] if colors else f"C{i}"
         a = _host(norms)
+        if a.ndim not in (1, 2) or 0 in a.shape:
+            raise ValueError(f"curves[{label!r}] must be norms of shape (K,) or (K, B) with K, B >= 1 "
+                             f"(theory.lag_norms output), got shape {a.shape}")
         a = a[:, None] if a.ndim == 1 else a
         k = np.arange(1, a.shape[0] + 1)
         ax.plot(k, np.median(a, axis=1), color=color, label=label)
@@ -275,6 +278,10 @@ def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=No
     """
     ax = _axes(ax, figsize=(8, 5.5))
     sv = _host(sv)
+    if sv.ndim != 2 or 0 in sv.shape:
+        hint = " (one sequence: pass sv[:, b] for sequence b of a batch)" if sv.ndim == 3 else ""
+        raise ValueError(f"sv must be the singular values of one sequence, shape (K, n) with K, n >= 1, "
+                         f"got shape {sv.shape}{hint}")
     sv = np.maximum(sv, floor * sv[:, :1])
     k = np.arange(1, sv.shape[0] + 1)
     ax.plot(k, sv, color=color, lw=0.6, alpha=0.35)

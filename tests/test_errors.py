@@ -460,6 +460,16 @@ def test_plots_gradcheck_and_roll_batches_name_a_wrong_argument():
     plt.close(fig)
     with pytest.raises(ValueError, match="at least one Axes"):
         plots.set_common_limits([])
+    fig, ax = plt.subplots()
+    for bad in (np.zeros((0,)), np.ones((3, 0)), np.ones((3, 2, 2))):
+        with pytest.raises(ValueError, match=rf"curves\['rhn'\] must be norms of shape \(K,\) or \(K, B\).*got shape {re.escape(str(bad.shape))}"):
+            plots.plot_norm_vs_lag({"rhn": bad}, ax)
+    with pytest.raises(ValueError, match=r"shape \(K, n\).*got shape \(4, 2, 3\) \(one sequence: pass sv\[:, b\]"):
+        plots.plot_singular_values_vs_lag(np.ones((4, 2, 3)), ax)
+    for bad in (np.ones((0, 3)), np.ones((4, 0)), np.ones(4)):
+        with pytest.raises(ValueError, match=r"sv must be the singular values of one sequence"):
+            plots.plot_singular_values_vs_lag(bad, ax)
+    plt.close(fig)
     p = lm.init_lm_params(5, 3, 4, 1, dtype="float64")
     with pytest.raises(ValueError, match="check_rhn checks the RHN layer alone"):
         gradcheck.check_rhn(p, np.zeros((2, 1, 3)), np.zeros((1, 4)), np.zeros((2, 1, 4)))
