@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "$RHN_NP_DATA_HOME or ~/.cache/rhn_np, where missing files are downloaded)")
     p.add_argument("--depth", type=int, help="recurrence depth L")
     p.add_argument("--hidden", type=int, help="RHN units n")
-    p.add_argument("--emb", type=int, help="embedding width (default: hidden when tied, vocabulary size at char level)")
+    p.add_argument("--emb", type=int, help="embedding width (default: the vocabulary size when untied and smaller than --hidden, else --hidden)")
     p.add_argument("--batch-size", type=int, help="B, rows of the token stream")
     p.add_argument("--bptt", type=int, help="T, steps per truncated-BPTT window")
     p.add_argument("--optimizer", choices=("sgd", "adam"))

@@ -89,8 +89,9 @@ class Config:
     The defaults are the ``demo`` preset's; see :data:`PRESETS` for the paper's.
 
     Model: ``depth`` (recurrence depth L), ``hidden`` (units n), ``emb`` (embedding
-    width; ``None``: ``hidden`` when tied, the vocabulary size at character level as
-    in the paper, else ``hidden``), ``tied`` (weight tying), ``coupled`` (c = 1 - t),
+    width; ``None``: as in the authors' code, the vocabulary size when untied and
+    smaller than ``hidden``, as for the paper's character-level models, else
+    ``hidden``), ``tied`` (weight tying), ``coupled`` (c = 1 - t),
     ``transform_bias`` (initial b_T), ``init_scale`` (U(±init_scale) init).
     Dropout is given as *drop* probabilities, as in the authors' configs.
     ``lr_schedule="epoch"`` is the authors': ``max_epoch`` epochs at the constant ``lr``,
@@ -385,11 +386,14 @@ class SequenceBatches:
 # Models, evaluation and sampling
 # ----------------------------------------------------------------------------
 def _emb_width(cfg: Config, ds) -> int:
+    """The authors' rule (their ``rhn.py``): the vocabulary size when untied and smaller
+    than ``hidden`` (one-hot-sized inputs, as for the paper's character-level models),
+    else ``hidden``; ``cfg.emb`` overrides it."""
     if cfg.emb is not None:
         return cfg.emb
-    if cfg.tied:
-        return cfg.hidden
-    return ds.vocab_size if ds.level == "char" else cfg.hidden
+    if not cfg.tied and ds.vocab_size < cfg.hidden:
+        return ds.vocab_size
+    return cfg.hidden
 
 
 def init_model(cfg: Config, ds, backend=None):

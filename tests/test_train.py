@@ -120,6 +120,16 @@ def ptb_iterator(raw, batch_size, num_steps):
         yield data[:, i * num_steps:(i + 1) * num_steps], data[:, i * num_steps + 1:(i + 1) * num_steps + 1]
 
 
+def test_embedding_width_follows_the_authors_rule(tiny):
+    """Their rhn.py: vocabulary size when untied and smaller than hidden, else hidden."""
+    V = tiny.vocab_size  # 9
+    for kw, width in [(dict(hidden=12, emb=None, tied=False), V), (dict(hidden=8, emb=None, tied=False), 8),
+                      (dict(hidden=V, emb=None, tied=False), V), (dict(hidden=12, emb=None, tied=True), 12),
+                      (dict(hidden=12, emb=5, tied=False), 5)]:
+        params = T.init_model(tiny_cfg(**kw), tiny)
+        assert params["E"].shape == (V, width), kw
+
+
 @pytest.mark.parametrize("n,B,Tw", [(1000, 20, 35), (103, 4, 5), (50, 1, 49), (64, 8, 3)])
 def test_token_batches_match_the_authors_reader(n, B, Tw):
     stream = np.arange(n, dtype=np.int32) * 7 % 1009
