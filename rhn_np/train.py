@@ -940,6 +940,8 @@ class Trainer:
                                f"and cannot change to {v!r} (allowed to change: "
                                f"{', '.join(_label(a) for a in sorted(allowed))})")
             stored[k] = v
+        if stored.get("emb") is None and "param.E" in arrays:
+            stored["emb"] = int(arrays["param.E"].shape[1])  # the width the run has, whatever rule chose it
         cfg = Config.from_dict(stored).check()
         self = cls(cfg, work_dir, progress=progress, out=out, ds=ds, _resuming=True)
         stored_vocab = (meta.get("dataset") or {}).get("vocab")

@@ -130,6 +130,17 @@ def test_embedding_width_follows_the_authors_rule(tiny):
         assert params["E"].shape == (V, width), kw
 
 
+def test_resume_keeps_the_embedding_width_of_the_run(tiny, tmp_path, monkeypatch):
+    """A run whose default width came from an earlier rule resumes with the width it has."""
+    with monkeypatch.context() as m:
+        m.setattr(T, "_emb_width", lambda cfg, ds: ds.vocab_size)  # the rule before: vocabulary size at char level
+        run(tiny_cfg(hidden=8, emb=None, tied=False, max_steps=6, eval_every=3), tiny, tmp_path / "r").run()
+    b = T.Trainer.resume(tmp_path / "r", overrides={"max_steps": 9}, ds=tiny, progress=False, out=lambda *x: None)
+    assert b.params["E"].shape == (tiny.vocab_size, tiny.vocab_size)
+    b.run()
+    assert b.step == 9
+
+
 @pytest.mark.parametrize("n,B,Tw", [(1000, 20, 35), (103, 4, 5), (50, 1, 49), (64, 8, 3)])
 def test_token_batches_match_the_authors_reader(n, B, Tw):
     stream = np.arange(n, dtype=np.int32) * 7 % 1009
