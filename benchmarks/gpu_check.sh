@@ -23,7 +23,9 @@ if ! python3 -c "import rhn_np, cupy" 2>>"$out/gpu.txt"; then  # nothing below c
 fi
 status=0
 stages=""
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${PYTEST_TARGETS:-tests} -q -rs -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
+# Four test processes where pytest-xdist is installed (the suite passes the same under -n).
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-4}")
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${PYTEST_TARGETS:-tests} $workers -q -rs -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
 rc=${PIPESTATUS[0]}; status=$((status | rc)); stages+="tests=$rc "
 # End to end: `rhn-np train --backend cupy` on the demo preset (the pydoc corpus needs no network).
 (export RHN_NP_DATA_HOME="$scratch/data-home"; timeout ${TRAIN_TIMEOUT:-120} python3 -m rhn_np.cli train --backend cupy \
