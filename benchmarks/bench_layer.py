@@ -286,7 +286,7 @@ def gpu_rows(sizes, repeats, torch):
             window = fast.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
             row["cupy_graph_ms"] = 1e3 * median_time(lambda: window(gx, gs0, gdy), repeats, sync)
             row["cupy_graph_pool_mb"] = window._graph._pool.total_bytes() / 2**20
-            del window
+            window = None  # frees the graph and its private pool before the PyTorch runs
         except Exception as exc:  # report, never hide
             row["cupy_graph_error"] = f"{type(exc).__name__}: {exc}"
         ys, cache = rhn.forward(gp, gx, gs0)

@@ -121,12 +121,10 @@ def load(path, backend="numpy"):
             host = {name: npz[name] for name in names if name != _META}
     except CheckpointError:
         raise
-    except ValueError as exc:
-        if "pickle" not in str(exc):
-            raise CheckpointError(f"{path} is not a readable rhn_np checkpoint (corrupted or truncated?): {exc}") from exc
-        raise CheckpointError(f"{path} holds pickled Python objects, which rhn_np never loads (unpickling can run "
-                              "arbitrary code); an rhn_np checkpoint holds numeric arrays only") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # JSON and Unicode errors are ValueErrors
+        if isinstance(exc, ValueError) and "pickle" in str(exc):
+            raise CheckpointError(f"{path} holds pickled Python objects, which rhn_np never loads (unpickling can run "
+                                  "arbitrary code); an rhn_np checkpoint holds numeric arrays only") from None
         raise CheckpointError(f"{path} is not a readable rhn_np checkpoint (corrupted or truncated?): {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rhn_np checkpoint (format {meta.get('format')!r})")

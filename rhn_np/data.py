@@ -138,6 +138,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from .checkpoint import atomic_open
+from .rhn import _positive_int
 
 __all__ = [
     "Dataset",
@@ -865,8 +866,7 @@ def _derive_ptb_char(spec, folder: pathlib.Path, download: bool) -> dict:
 # ----------------------------------------------------------------------------
 def split_by_position(n: int) -> tuple[int, int, int]:
     """Sizes of the first 90 %, next 5 %, last 5 % of ``n`` items (integer arithmetic)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a count of items >= 0, got {n!r}")
+    n = _positive_int("n (a count of items)", n, minimum=0)
     n_train = n * 90 // 100
     n_valid = n * 5 // 100
     return n_train, n_valid, n - n_train - n_valid

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import rhn
+from .lm import HEAD_KEYS
 
 __all__ = ["rel_error", "numerical_gradient", "directional_check", "rhn_loss", "check_rhn"]
 
@@ -151,7 +152,7 @@ def check_rhn(params, xs, s0, dys, masks=None, ds_last=None, *, impl="reference"
     dict name -> relative error, for every parameter name, ``"xs"`` and ``"s0"``.
     A correct backward gives < 1e-6 (usually < 1e-8); a wrong one > 1e-3.
     """
-    if isinstance(params, dict) and set(params) & {"E", "W_out", "b_out"}:
+    if isinstance(params, dict) and set(params) & set(HEAD_KEYS):
         raise ValueError("check_rhn checks the RHN layer alone: pass its parameters (rhn.init_params), not a whole "
                          "language model's; for those, compare lm_loss_and_grads with numerical_gradient")
     arrays = {**params, "xs": xs, "s0": s0}

@@ -189,12 +189,10 @@ class _Optimizer:
         if not isinstance(state, dict) or state.get("name") != self.name:
             got = state.get("name") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state_dict is for {got!r}, not {self.name!r}")
-        t = state["t"]
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-            raise ValueError(f"state_dict step count t must be an integer >= 0, got {t!r}")
+        t = _positive_int("state_dict step count t", state["t"], minimum=0)
         # The constructor's checks, so a damaged state cannot slip in a beta of 1.5.
         fresh = type(self)(lr=state["lr"], weight_decay=state["weight_decay"], **{h: state[h] for h in self._hyper})
-        self.lr, self.weight_decay, self.t = fresh.lr, fresh.weight_decay, int(t)
+        self.lr, self.weight_decay, self.t = fresh.lr, fresh.weight_decay, t
         for h in self._hyper:
             setattr(self, h, getattr(fresh, h))
 

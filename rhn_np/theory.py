@@ -194,7 +194,7 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     if cache.get("impl") != "reference" or cache.get("S") is None:
         raise ValueError("the cache must come from rhn.forward(..., impl='reference') or rhn.step_forward")
     T = cache["S"].shape[1]
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
+    if not 0 <= rhn._positive_int("t", t, minimum=0) < T:
         raise ValueError(f"t must be a time index in 0..{T - 1} of the cache's window, got {t!r}")
     xp = _backend.namespace(params["R_H"])
     J = None

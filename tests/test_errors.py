@@ -402,11 +402,13 @@ def test_adam_refuses_a_damaged_state():
 
     good = optim.Adam(0.1)
     good.step({"w": np.ones(3)}, {"w": np.ones(3)})
-    for change, pattern in [({"beta1": 1.5}, r"beta1 must lie in \[0, 1\)"), ({"t": -5}, "t must be an integer >= 0"),
+    for change, pattern in [({"beta1": 1.5}, r"beta1 must lie in \[0, 1\)"), ({"t": -5}, "state_dict step count t must be >= 0, got -5"),
                             ({"v": {"w": -np.ones(3)}}, "negative or NaN"),
                             ({"m": {"w": np.ones(2)}}, r"differ in shape: m \(2,\), v \(3,\)")]:
         with pytest.raises(ValueError, match=pattern):
             optim.Adam().load_state_dict({**good.state_dict(), **change})
+    with pytest.raises(TypeError, match="state_dict step count t must be an integer, got float"):
+        optim.Adam().load_state_dict({**good.state_dict(), "t": 2.0})
 
 
 def test_theory_plots_and_batches_refuse_what_they_would_misread(layer):
@@ -415,9 +417,13 @@ def test_theory_plots_and_batches_refuse_what_they_would_misread(layer):
     params, xs, s0, _, _, _ = layer
     _, cache = rhn.forward(params, xs, s0, impl="reference")
     assert theory.jacobian_from_cache(params, cache, T - 1).shape == (B, N, N)
-    for t in (T, -1, 1.0):
+    for t in (T, T + 3):
         with pytest.raises(ValueError, match=rf"t must be a time index in 0..{T - 1}"):
             theory.jacobian_from_cache(params, cache, t)
+    with pytest.raises(ValueError, match="t must be >= 0, got -1"):
+        theory.jacobian_from_cache(params, cache, -1)
+    with pytest.raises(TypeError, match="t must be an integer, got float"):
+        theory.jacobian_from_cache(params, cache, 1.0)
     p = theory.rnn_init(3, 4, seed=0)
     with pytest.raises(ValueError, match=r"xs must have shape \(T >= 1, B, n_in\), got \(5, 3\)"):
         theory.rnn_forward(p["R"], p["W"], p["b"], np.zeros((5, 3)), np.zeros((1, 4)))
@@ -438,8 +444,10 @@ def test_data_and_rnn_helpers_name_their_arguments():
         data.load("ptb", root=5)
     with pytest.raises(TypeError, match=r"text must be the str of a PTB word file, got bytes \(decode bytes first\)"):
         data.ptb_words_to_chars(b"a b\n")
-    with pytest.raises(ValueError, match="n must be a count of items >= 0, got -5"):
+    with pytest.raises(ValueError, match=r"n \(a count of items\) must be >= 0, got -5"):
         data.split_by_position(-5)
+    with pytest.raises(TypeError, match=r"n \(a count of items\) must be an integer, got float"):
+        data.split_by_position(5.0)
     for kw, pattern in [({"n": 0}, "n must be >= 1"), ({"n": 4.0}, "n must be an integer"),
                         ({"init_std": "0.1"}, "init_std must be a number >= 0"), ({"dtype": "int32"}, "dtype must be")]:
         with pytest.raises((TypeError, ValueError), match=pattern):
