@@ -220,99 +220,93 @@ def torch_graph_step(torch, params, xs, s0, dys):
 
 
 # ---------------------------------------------------------------- measurements
-def cpu_rows(sizes, repeats, torch):
-    rows = []
-    for size in sizes:
-        params, xs, s0, dys = make_inputs(size)
-        row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
+def cpu_row(size, repeats, torch):
+    params, xs, s0, dys = make_inputs(size)
+    row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
+    for impl in ("reference", "fast"):
+        step = rhn_step(params, xs, s0, dys, impl)
+        row[f"numpy_{impl}_ms"] = 1e3 * median_time(step, repeats)
+        with PeakRSS() as peak:
+            step()
+        row[f"numpy_{impl}_peak_mb"] = peak.mb
+    row["numpy_gemm_only_ms"] = 1e3 * median_time(gemm_only_step(params, xs, dys), repeats)
+    row["ratio_reference_vs_gemm_only"] = row["numpy_reference_ms"] / row["numpy_gemm_only_ms"]
+    tracemalloc.start()  # NumPy reports its allocations to tracemalloc: an exact count
+    rhn_step(params, xs, s0, dys, "reference")()
+    row["numpy_traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    ys, cache = rhn.forward(params, xs, s0)
+    row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
+    n_in, n, L, B, T = SIZES[size]
+    row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20  # s_in, h, t per micro-layer and step
+    if torch is not None:
+        step, _ = torch_eager_step(torch, params, xs, s0, dys, "cpu")
+        row["torch_eager_ms"] = 1e3 * median_time(step, repeats)
+        with PeakRSS() as peak:
+            step()
+        row["torch_eager_peak_mb"] = peak.mb
         for impl in ("reference", "fast"):
-            step = rhn_step(params, xs, s0, dys, impl)
-            row[f"numpy_{impl}_ms"] = 1e3 * median_time(step, repeats)
-            with PeakRSS() as peak:
-                step()
-            row[f"numpy_{impl}_peak_mb"] = peak.mb
-        row["numpy_gemm_only_ms"] = 1e3 * median_time(gemm_only_step(params, xs, dys), repeats)
-        row["ratio_reference_vs_gemm_only"] = row["numpy_reference_ms"] / row["numpy_gemm_only_ms"]
-        tracemalloc.start()  # NumPy reports its allocations to tracemalloc: an exact count
-        rhn_step(params, xs, s0, dys, "reference")()
-        row["numpy_traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-        ys, cache = rhn.forward(params, xs, s0)
-        row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
-        n_in, n, L, B, T = SIZES[size]
-        row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20  # s_in, h, t per micro-layer and step
-        if torch is not None:
-            step, _ = torch_eager_step(torch, params, xs, s0, dys, "cpu")
-            row["torch_eager_ms"] = 1e3 * median_time(step, repeats)
-            with PeakRSS() as peak:
-                step()
-            row["torch_eager_peak_mb"] = peak.mb
-            for impl in ("reference", "fast"):
-                row[f"ratio_{impl}_vs_torch"] = row[f"numpy_{impl}_ms"] / row["torch_eager_ms"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+            row[f"ratio_{impl}_vs_torch"] = row[f"numpy_{impl}_ms"] / row["torch_eager_ms"]
+    print(json.dumps(row), flush=True)
+    return row
 
 
-def gpu_rows(sizes, repeats, torch):
+def gpu_row(size, repeats, torch):
     cp = backend._import_cupy()
     if cp is None:
         sys.exit(f"no usable GPU: {backend.cupy_unavailable_reason()}")
     sync = cp.cuda.Device().synchronize
     pool = cp.get_default_memory_pool()
-    rows = []
-    for size in sizes:
-        params, xs, s0, dys = make_inputs(size)
-        gp = {k: backend.to_device(v, "cupy") for k, v in params.items()}
-        gx, gs0, gdy = (backend.to_device(a, "cupy") for a in (xs, s0, dys))
-        row = {"size": size, "device": "gpu", "gflop": gflop(*SIZES[size])}
-        for label, impl, variant in (("cupy_fast_raw", "fast", "raw"), ("cupy_fast_elementwise", "fast", "elementwise"),
-                                     ("cupy_reference", "reference", "raw")):
-            backend.set_cuda_kernels(variant)
-            step = rhn_step(gp, gx, gs0, gdy, impl)
-            row[f"{label}_ms"] = 1e3 * median_time(step, repeats, sync)
-            # Pool high-water mark of one step (inputs and parameters included): the pool
-            # keeps every block it allocated, and reuses freed ones, so after emptying it
-            # and running one step its size is the step's peak.
-            pool.free_all_blocks()
-            out = step()
-            sync()
-            del out
-            row[f"{label}_pool_mb"] = pool.total_bytes() / 2**20
-        backend.set_cuda_kernels("raw")
-        try:  # the same fast path captured once in a CUDA graph, replayed per window
-            from rhn_np import fast
+    params, xs, s0, dys = make_inputs(size)
+    gp = {k: backend.to_device(v, "cupy") for k, v in params.items()}
+    gx, gs0, gdy = (backend.to_device(a, "cupy") for a in (xs, s0, dys))
+    row = {"size": size, "device": "gpu", "gflop": gflop(*SIZES[size])}
+    for label, impl, variant in (("cupy_fast_raw", "fast", "raw"), ("cupy_fast_elementwise", "fast", "elementwise"),
+                                 ("cupy_reference", "reference", "raw")):
+        backend.set_cuda_kernels(variant)
+        step = rhn_step(gp, gx, gs0, gdy, impl)
+        row[f"{label}_ms"] = 1e3 * median_time(step, repeats, sync)
+        # Pool high-water mark of one step (inputs and parameters included): the pool
+        # keeps every block it allocated, and reuses freed ones, so after emptying it
+        # and running one step its size is the step's peak.
+        pool.free_all_blocks()
+        out = step()
+        sync()
+        del out
+        row[f"{label}_pool_mb"] = pool.total_bytes() / 2**20
+    backend.set_cuda_kernels("raw")
+    try:  # the same fast path captured once in a CUDA graph, replayed per window
+        from rhn_np import fast
 
-            window = fast.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
-            row["cupy_graph_ms"] = 1e3 * median_time(lambda: window(gx, gs0, gdy), repeats, sync)
-            row["cupy_graph_pool_mb"] = window._graph._pool.total_bytes() / 2**20
-            window = None  # frees the graph and its private pool before the PyTorch runs
+        window = fast.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
+        row["cupy_graph_ms"] = 1e3 * median_time(lambda: window(gx, gs0, gdy), repeats, sync)
+        row["cupy_graph_pool_mb"] = window._graph._pool.total_bytes() / 2**20
+        window = None  # frees the graph and its private pool before the PyTorch runs
+    except Exception as exc:  # report, never hide
+        row["cupy_graph_error"] = f"{type(exc).__name__}: {exc}"
+    ys, cache = rhn.forward(gp, gx, gs0)
+    row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
+    n_in, n, L, B, T = SIZES[size]
+    row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20
+    del ys, cache
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.cuda.reset_peak_memory_stats()
+        step, _ = torch_eager_step(torch, params, xs, s0, dys, "cuda")
+        row["torch_eager_ms"] = 1e3 * median_time(step, repeats, torch.cuda.synchronize)
+        row["torch_eager_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        try:
+            replay = torch_graph_step(torch, params, xs, s0, dys)
+            row["torch_graph_ms"] = 1e3 * median_time(replay, repeats, torch.cuda.synchronize)
         except Exception as exc:  # report, never hide
-            row["cupy_graph_error"] = f"{type(exc).__name__}: {exc}"
-        ys, cache = rhn.forward(gp, gx, gs0)
-        row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
-        n_in, n, L, B, T = SIZES[size]
-        row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20
-        del ys, cache
-        if torch is not None:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.cuda.reset_peak_memory_stats()
-            step, _ = torch_eager_step(torch, params, xs, s0, dys, "cuda")
-            row["torch_eager_ms"] = 1e3 * median_time(step, repeats, torch.cuda.synchronize)
-            row["torch_eager_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            try:
-                replay = torch_graph_step(torch, params, xs, s0, dys)
-                row["torch_graph_ms"] = 1e3 * median_time(replay, repeats, torch.cuda.synchronize)
-            except Exception as exc:  # report, never hide
-                row["torch_graph_error"] = f"{type(exc).__name__}: {exc}"
-            for label in ("cupy_fast_raw", "cupy_graph"):
-                if f"{label}_ms" in row:
-                    row[f"ratio_{label}_vs_torch_eager"] = row[f"{label}_ms"] / row["torch_eager_ms"]
-                    if "torch_graph_ms" in row:
-                        row[f"ratio_{label}_vs_torch_graph"] = row[f"{label}_ms"] / row["torch_graph_ms"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+            row["torch_graph_error"] = f"{type(exc).__name__}: {exc}"
+        for label in ("cupy_fast_raw", "cupy_graph"):
+            if f"{label}_ms" in row:
+                row[f"ratio_{label}_vs_torch_eager"] = row[f"{label}_ms"] / row["torch_eager_ms"]
+                if "torch_graph_ms" in row:
+                    row[f"ratio_{label}_vs_torch_graph"] = row[f"{label}_ms"] / row["torch_graph_ms"]
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def _fmt(v, unit=""):
@@ -354,17 +348,14 @@ LM_COLUMNS = [
 ]
 
 
-def lm_rows(presets, backend_name, repeats):
-    """The trainer's full language-model step per preset (see ``bench_lm.py``)."""
-    rows = []
-    for preset in presets:
-        try:
-            row = bench_lm.bench(preset, backend_name, repeats)
-        except Exception as exc:  # report, never hide
-            row = {"preset": preset, "backend": backend_name, "error": f"{type(exc).__name__}: {exc}"}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+def lm_row(preset, backend_name, repeats):
+    """The trainer's full language-model step of one preset (see ``bench_lm.py``)."""
+    try:
+        row = bench_lm.bench(preset, backend_name, repeats)
+    except Exception as exc:  # report, never hide
+        row = {"preset": preset, "backend": backend_name, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def report(meta, layer, lm):
@@ -435,10 +426,10 @@ def main(argv=None):
 
     for device in devices:
         for size in sizes:
-            layer += (cpu_rows if device == "cpu" else gpu_rows)([size], args.repeats, torch)
+            layer.append((cpu_row if device == "cpu" else gpu_row)(size, args.repeats, torch))
             save()
         for preset in presets:
-            lm += lm_rows([preset], "numpy" if device == "cpu" else "cupy", args.lm_repeats)
+            lm.append(lm_row(preset, "numpy" if device == "cpu" else "cupy", args.lm_repeats))
             save()
     print(report(meta, layer, lm))
 

@@ -20,14 +20,15 @@ import sys
 import time
 
 import numpy as _np
+from tqdm.auto import tqdm
 
-from . import __version__
-from .train import PRESETS
+from . import __version__, backend, data
+from . import train as T
+from .checkpoint import CheckpointError
+from .train import PRESETS, RunError, TrainingDiverged, held_run
 
 
 def _info(args) -> int:
-    from . import backend
-
     facts = backend.describe()
     print(f"rhn_np {__version__}")
     print(f"python {sys.version.split()[0]}, numpy {facts['numpy']}")
@@ -59,8 +60,6 @@ def _score(rec: dict) -> str:
 
 def _default_work_dir(name: str) -> str:
     """``rhn-runs/<name>``, or ``<name>-2``, ``-3``... when that one holds a run already."""
-    from .train import held_run
-
     base = os.path.join("rhn-runs", name)
     path, k = base, 1
     while held_run(path):
@@ -80,8 +79,6 @@ def _latest_work_dir(name: str) -> str:
 
 
 def _train(args) -> int:
-    from . import train as T
-
     overrides = dict(
         dataset=args.dataset, data_dir=args.data_dir, depth=args.depth, hidden=args.hidden, emb=args.emb,
         batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, optimizer=args.optimizer,
@@ -139,13 +136,9 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from . import data, train as T
-
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = data.load(cfg.dataset, root=args.data_dir or cfg.data_dir)
     batch = 1 if args.batch_1 else (args.batch_size or cfg.eval_batch_size)
-    from tqdm.auto import tqdm
-
     total = len(getattr(ds, args.split)) if ds.kind == "tokens" else None
     with tqdm(total=total, unit="tok", disable=True if (args.quiet or total is None) else None, desc=f"{args.split}") as bar:
         res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update)
@@ -159,8 +152,6 @@ def _evaluate(args) -> int:
 
 
 def _sample(args) -> int:
-    from . import train as T
-
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = T.dataset_for_sampling(meta)
     text = T.sample(params, ds, length=args.length, temperature=args.temperature, prime=args.prime, seed=args.seed)
@@ -269,9 +260,6 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .checkpoint import CheckpointError
-    from .train import RunError, TrainingDiverged
-
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, CheckpointError, RunError, TrainingDiverged) as exc:

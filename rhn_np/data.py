@@ -507,12 +507,7 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     if root is not None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a folder path (str or pathlib.Path), got {type(root).__name__}")
-        root = pathlib.Path(os.fspath(root)).expanduser()
-        if not root.is_dir():
-            raise DataNotFoundError(
-                f"data set {key!r}: the data folder {root} does not exist (rhn-np: --data-dir). Give the folder "
-                f"that holds the files, or its parent; leave it out to use the download cache ({cache_dir()}).")
-        paths = _locate_in_root(key, spec, root)
+        paths = _locate_in_root(key, spec, pathlib.Path(os.fspath(root)).expanduser())
         verify = False
     else:
         paths = _locate_in_cache(key, spec, download, overrides)
@@ -581,6 +576,11 @@ def _find_all(folder: pathlib.Path, spec) -> dict | None:
 
 
 def _locate_in_root(key, spec, root: pathlib.Path) -> dict:
+    """The data set's files in a user's folder ``root`` or its sub-folder ``spec["folder"]``."""
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"data set {key!r}: the data folder {root} does not exist (rhn-np: --data-dir). Give the folder "
+            f"that holds the files, or its parent; leave it out to use the download cache ({cache_dir()}).")
     folders = [root / spec["folder"], root] if root.name != spec["folder"] else [root]
     for folder in folders:
         found = _find_all(folder, spec)

@@ -402,7 +402,7 @@ def init_model(cfg: Config, ds, backend=None):
     common = dict(coupled=cfg.coupled, transform_bias=cfg.transform_bias, init_scale=cfg.init_scale,
                   seed=cfg.seed, dtype=cfg.dtype, backend=be)
     if ds.kind == "piano_roll":
-        return lm.init_dense_params(88, cfg.hidden, cfg.depth, **common)
+        return lm.init_dense_params(_data.N_KEYS, cfg.hidden, cfg.depth, **common)
     return lm.init_lm_params(ds.vocab_size, _emb_width(cfg, ds), cfg.hidden, cfg.depth, tied=cfg.tied, **common)
 
 
@@ -547,22 +547,20 @@ def read_metrics(work_dir) -> list[dict]:
 
 
 def _append_metrics(work_dir, record: dict) -> None:
-    path = os.path.join(work_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path, "r+b") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            fh.seek(max(end - 1, 0))
-            if end and fh.read(1) != b"\n":  # the last line has no newline
-                fh.seek(0)
-                data = fh.read()
-                cut = data.rfind(b"\n") + 1
-                try:
-                    json.loads(data[cut:])
-                    fh.write(b"\n")  # a whole record: keep it, end its line
-                except ValueError:
-                    fh.truncate(cut)  # a record cut short by a crash: drop the fragment
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    """Append one JSON line to ``metrics.jsonl``, first ending or dropping a last line a crash left open."""
+    with open(os.path.join(work_dir, "metrics.jsonl"), "a+b") as fh:  # writes always go to the end
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(max(end - 1, 0))
+        if end and fh.read(1) != b"\n":  # the last line has no newline
+            fh.seek(0)
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[cut:])
+                fh.write(b"\n")  # a whole record: keep it, end its line
+            except ValueError:
+                fh.truncate(cut)  # a record cut short by a crash: drop the fragment
+        fh.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def plot_learning_curve(work_dir, path=None) -> str:
@@ -764,9 +762,10 @@ class Trainer:
             part = getattr(ds, split)
             if ds.kind == "piano_roll":  # train: already checked by its SequenceBatches
                 rolls = self.batches.sequences if split == "train" else _check_rolls(part, f"the {split} piano rolls of {ds.name}")
-                if rolls[0].shape[1] != 88:
+                if rolls[0].shape[1] != _data.N_KEYS:
                     raise ValueError(f"the {split} piano rolls of {ds.name} have {rolls[0].shape[1]} keys per frame; "
-                                     "the model reads 88 (MIDI notes 21-108)")
+                                     f"the model reads {_data.N_KEYS} (MIDI notes {_data.LOWEST_NOTE}-"
+                                     f"{_data.LOWEST_NOTE + _data.N_KEYS - 1})")
                 continue
             part = _backend.to_host(part)
             if part.ndim != 1 or not np.issubdtype(part.dtype, np.integer):
@@ -820,7 +819,7 @@ class Trainer:
             if i == 0 or self.order is None:
                 self.order = self.batches.order(self.rng)
             x, y, mask = self.batches.window(i, self.order)
-            masks = lm.draw_dense_masks(self.rng, x.shape[1], n_in=88, n=cfg.hidden, dtype=cfg.dtype, backend=be, **keep)
+            masks = lm.draw_dense_masks(self.rng, x.shape[1], n_in=_data.N_KEYS, n=cfg.hidden, dtype=cfg.dtype, backend=be, **keep)
             xd, yd, md = (be.to_device(a, dtype=dtype) for a in (x, y, mask))
             s0 = xp.zeros((x.shape[1], cfg.hidden), dtype=dtype, device=be.device)
             loss, grads, _, stats = lm.dense_loss_and_grads(self.params, xd, yd, s0, masks, step_mask=md)
