@@ -41,6 +41,7 @@ __all__ = [
     "name_of",
     "to_device",
     "to_host",
+    "float_dtype_name",
     "to_dtype",
     "host_rng",
     "scatter_add_rows",
@@ -198,13 +199,23 @@ def is_cupy(x) -> bool:
     return name_of(x) == "cupy"
 
 
+def float_dtype_name(dtype) -> str:
+    """``'float32'`` or ``'float64'`` for a floating dtype given by name (``'float32'``,
+    ``'f8'``) or as a dtype of any backend (``numpy.float64``, ``params["W_H"].dtype``,
+    ``array_api_strict.float32``); any other dtype is a ValueError."""
+    try:
+        name = None if dtype is None else _host_dtype(dtype).name  # NumPy reads None as float64
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be float32 or float64 (a name such as 'float32', or a dtype such as "
+                         f"numpy.float32), got {dtype!r}")
+    return name
+
+
 def to_dtype(xp, dtype):
-    """'float32' / 'float64' (or a dtype of ``xp``) -> the dtype object of ``xp``."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        return getattr(xp, dtype)
-    return dtype
+    """A float32/float64 dtype given by name or as any backend's dtype -> ``xp``'s dtype object."""
+    return getattr(xp, float_dtype_name(dtype))
 
 
 def to_device(x, backend: str | Backend = "numpy", dtype=None):

@@ -118,7 +118,7 @@ def init_params(
         ``True``: carry gate c = 1 - t (the paper). ``False``: own ``W_C, R_C, b_C``.
     transform_bias, init_scale : float
     seed : int or numpy.random.Generator
-    dtype : {"float32", "float64"}
+    dtype : "float32" or "float64", or such a dtype of any backend (``numpy.float64``)
     backend : {"numpy", "cupy", "auto", "array_api_strict"} or Backend
 
     Returns
@@ -132,8 +132,7 @@ def init_params(
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     if not (isinstance(transform_bias, (int, float)) and math.isfinite(transform_bias)):
         raise ValueError(f"transform_bias must be a finite number, got {transform_bias!r}")
-    if dtype not in _backend.DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
     params = {}

@@ -339,8 +339,7 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
     n_in, n = rhn._positive_int("n_in", n_in), rhn._positive_int("n", n)
     if isinstance(init_std, bool) or not isinstance(init_std, (int, float, np.integer, np.floating)) or not init_std >= 0:
         raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
     W = rng.normal(0.0, init_std, size=(n_in, n))

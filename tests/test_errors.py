@@ -157,14 +157,27 @@ def test_integer_params_are_refused(layer):
 
 
 def test_unknown_dtype_name():
-    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64', got 'float16'"):
+    with pytest.raises(ValueError, match=r"dtype must be float32 or float64 \(a name such as 'float32', or a "
+                                         r"dtype such as numpy.float32\), got 'float16'"):
         backend.get("numpy").zeros((2,), "float16")
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int32"])
+@pytest.mark.parametrize("dtype", ["float16", "int32", np.int32, None, "no such type"])
 def test_init_params_unknown_dtype(dtype):
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match=r"dtype must be float32 or float64 .*got " + re.escape(repr(dtype))):
         rhn.init_params(2, 3, 1, dtype=dtype)
+
+
+def test_dtype_objects_are_accepted_where_names_are():
+    """A NumPy or array-api-strict dtype object means the same as its name (users write
+    ``dtype=np.float64`` as often as ``"float64"``)."""
+    strict = pytest.importorskip("array_api_strict")
+    for dtype in (np.float64, np.dtype("float64"), "f8"):
+        assert rhn.init_params(2, 3, 1, dtype=dtype)["W_H"].dtype == np.float64
+        assert theory.rnn_init(2, 3, dtype=dtype)["R"].dtype == np.float64
+    p = rhn.init_params(2, 3, 1, dtype=strict.float64, backend="array_api_strict")
+    assert p["W_H"].dtype == strict.float64
+    assert backend.get("array_api_strict").zeros((2,), np.float32).dtype == strict.float32
 
 
 # ----------------------------------------------------------------------------
