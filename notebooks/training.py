@@ -48,7 +48,6 @@ import re  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
 
-import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -116,7 +115,9 @@ if FAST:
     cfg = train.config_from_preset("demo", depth=3, hidden=64, max_steps=300, eval_every=50)
 else:
     cfg = train.config_from_preset("demo", eval_every=250)  # depth 3, 128 units, 4000 steps
-work_dir = tempfile.mkdtemp(prefix="rhn-training-")
+# A scratch folder that is deleted when the kernel stops; give a folder of your own to keep the run.
+run_folder = tempfile.TemporaryDirectory(prefix="rhn-training-")
+work_dir = run_folder.name
 print(cfg)
 print("work folder:", work_dir)
 

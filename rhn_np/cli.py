@@ -28,6 +28,21 @@ from .checkpoint import CheckpointError
 from .train import PRESETS, RunError, TrainingDiverged, held_run
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low`` (argparse names the option in its message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _info(args) -> int:
     facts = backend.describe()
     print(f"rhn_np {__version__}")
@@ -138,7 +153,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = data.load(cfg.dataset, root=args.data_dir or cfg.data_dir)
-    batch = 1 if args.batch_1 else (args.batch_size or cfg.eval_batch_size)
+    batch = 1 if args.batch_1 else (cfg.eval_batch_size if args.batch_size is None else args.batch_size)
     total = len(getattr(ds, args.split)) if ds.kind == "tokens" else None
     with tqdm(total=total, unit="tok", disable=True if (args.quiet or total is None) else None, desc=f"{args.split}") as bar:
         res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update)
@@ -217,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the initial weights, dropout masks and shuffling")
     p.add_argument("--backend", choices=("numpy", "cupy", "auto"), help="array backend (default: numpy; auto: cupy if usable)")
     p.add_argument("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
-    p.add_argument("--sample-length", type=int, default=300, help="characters/words to sample at the end (0: none)")
+    p.add_argument("--sample-length", type=_int_at_least(0), default=300, help="characters/words to sample at the end (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",
                    help="print the configuration the preset and options resolve to, as JSON, and exit")
@@ -231,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", required=True, help="the run's folder (as given to or printed by rhn-np train)")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"), help="which split to score")
     p.add_argument("--batch-1", action="store_true", help="the authors' reported evaluation: batch size 1, the whole split in one pass")
-    p.add_argument("--batch-size", type=int, help="evaluation rows (default: the run's eval batch size)")
+    p.add_argument("--batch-size", type=_int_at_least(1), help="evaluation rows (default: the run's eval batch size)")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"),
                    help="best: the best validation so far (best.npz); latest: the last save (checkpoint.npz)")
     p.add_argument("--data-dir", help="where the data files are (default: the run's)")
@@ -243,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help,
                        description="Generate text from a trained run, one symbol at a time from the softmax.")
     p.add_argument("--work-dir", required=True, help="the run's folder (as given to or printed by rhn-np train)")
-    p.add_argument("--length", type=int, default=500, help="symbols to generate")
+    p.add_argument("--length", type=_int_at_least(1), default=500, help="symbols to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (<1: more conservative)")
     p.add_argument("--prime", help="text to feed in first")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling")
     p.add_argument("--checkpoint", default="best", choices=("best", "latest"),
                    help="best: the best validation so far (best.npz); latest: the last save (checkpoint.npz)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"), help="array backend")

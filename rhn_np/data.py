@@ -578,8 +578,9 @@ def _find_all(folder: pathlib.Path, spec) -> dict | None:
 def _locate_in_root(key, spec, root: pathlib.Path) -> dict:
     """The data set's files in a user's folder ``root`` or its sub-folder ``spec["folder"]``."""
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataNotFoundError(
-            f"data set {key!r}: the data folder {root} does not exist (rhn-np: --data-dir). Give the folder "
+            f"data set {key!r}: the data folder {root} {problem} (rhn-np: --data-dir). Give the folder "
             f"that holds the files, or its parent; leave it out to use the download cache ({cache_dir()}).")
     folders = [root / spec["folder"], root] if root.name != spec["folder"] else [root]
     for folder in folders:

@@ -713,8 +713,8 @@ class Trainer:
         self.work_dir = os.fspath(work_dir)
         self.out = out
         self.progress = progress
+        self.be = _backend.get(cfg.backend)  # before the data: an unusable backend is said first
         self.ds = ds if ds is not None else _data.load(cfg.dataset, root=cfg.data_dir)
-        self.be = _backend.get(cfg.backend)
         self.params = init_model(cfg, self.ds, self.be)
         self.opt = optim.SGD(cfg.lr) if cfg.optimizer == "sgd" else optim.Adam(cfg.lr)
         self.rng = np.random.default_rng([cfg.seed, 1])  # dropout masks and shuffling; the init used seed
@@ -744,7 +744,11 @@ class Trainer:
                     kept = os.path.join(self.work_dir, f"{stem}.before-{stamp}{ext}")
                     os.replace(old, kept)
                     out(f"kept the earlier {name} of this folder as {kept}")
-        os.makedirs(self.work_dir, exist_ok=True)  # only now: a run that cannot start leaves no folder
+        try:  # only now: a run that cannot start leaves no folder
+            os.makedirs(self.work_dir, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the work folder {self.work_dir}: {exc.strerror or exc}; choose a "
+                           "folder you can write to (--work-dir)") from exc
         self.step = 0
         self.best_nll = math.inf
         self.order = None  # the epoch's sequence order (JSB)
@@ -1099,6 +1103,9 @@ def load_run(work_dir, which: str = "best", backend="numpy"):
     if name is None:
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     path = os.path.join(os.fspath(work_dir), name)
+    if os.path.isfile(work_dir):
+        raise RunError(f"{work_dir} is a file; give the run's folder, the one holding best.npz and checkpoint.npz "
+                       f"(rhn-np: --work-dir {os.path.dirname(os.fspath(work_dir)) or '.'})")
     if not os.path.exists(path):
         if which == "best" and os.path.exists(os.path.join(os.fspath(work_dir), "checkpoint.npz")):
             raise RunError(
@@ -1106,7 +1113,15 @@ def load_run(work_dir, which: str = "best", backend="numpy"):
                 f"(rhn-np: --checkpoint latest; Python: which='latest'), or continue training "
                 f"(rhn-np train --work-dir {work_dir} --resume)")
         raise RunError(f"no {name} in {work_dir}: train a model there first (rhn-np train --work-dir {work_dir})")
-    arrays, meta = _checkpoint.load(path, backend=backend)
+    try:
+        arrays, meta = _checkpoint.load(path, backend=backend)
+    except _checkpoint.CheckpointError as exc:
+        other, other_which = {"best": ("checkpoint.npz", "latest"), "latest": ("best.npz", "best")}[which]
+        if not os.path.exists(os.path.join(os.fspath(work_dir), other)):
+            raise
+        raise _checkpoint.CheckpointError(
+            f"{exc}. The run's other checkpoint, {other}, may still be readable (rhn-np: --checkpoint "
+            f"{other_which}; Python: which={other_which!r})") from exc
     _check_run_meta(meta, path)
     params = {k[len("param."):]: a for k, a in arrays.items() if k.startswith("param.")}
     cfg = Config.from_dict(meta["config"])

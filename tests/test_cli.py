@@ -112,11 +112,19 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
         (["train", "--dataset", "ptb-char", "--data-dir", str(tmp_path / "typo"), "--work-dir", str(tmp_path / "y")],
          "typo does not exist"),
         (["sample", "--work-dir", str(demo_run), "--prime", "\u00e9t\u00e9"], "cannot encode"),
+        (["train", "--dataset", "ptb-char", "--data-dir", str(demo_run / "best.npz"), "--work-dir", str(tmp_path / "y")],
+         "best.npz is a file, not a folder"),
+        (["sample", "--work-dir", str(demo_run / "best.npz")],
+         f"best.npz is a file; give the run's folder, the one holding best.npz and checkpoint.npz (rhn-np: --work-dir {demo_run})"),
+        (["train", "--max-steps", "2", "--work-dir", str(demo_run / "best.npz" / "sub")], "cannot create the work folder"),
     ]
     from rhn_np import backend
 
     if not backend.cupy_available():
         cases.append((["train", "--backend", "cupy", "--work-dir", str(tmp_path / "z")], "backend='cupy' is not usable"))
+        # said before anything about the data: the data folder here does not exist either
+        cases.append((["train", "--backend", "cupy", "--dataset", "ptb", "--data-dir", str(tmp_path / "typo"),
+                       "--work-dir", str(tmp_path / "z")], "backend='cupy' is not usable"))
     for argv, message in cases:
         assert cli.main(argv) == 1, argv
         err = capsys.readouterr().err
@@ -126,7 +134,28 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
     bad.mkdir()
     (bad / "best.npz").write_bytes(b"not a zip file at all")
     assert cli.main(["evaluate", "--work-dir", str(bad)]) == 1
-    assert "corrupted or truncated" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupted or truncated" in err and "other checkpoint" not in err  # bad/ holds no checkpoint.npz
+    (bad / "checkpoint.npz").write_bytes((demo_run / "checkpoint.npz").read_bytes())
+    assert cli.main(["evaluate", "--work-dir", str(bad), "--quiet"]) == 1
+    assert "The run's other checkpoint, checkpoint.npz, may still be readable (rhn-np: --checkpoint latest" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--work-dir", str(bad), "--checkpoint", "latest", "--quiet"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--work-dir", "w", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["sample", "--work-dir", "w", "--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
+    (["sample", "--work-dir", "w", "--length", "2.5"], "argument --length: must be an integer >= 1, got '2.5'"),
+    (["train", "--sample-length", "-1"], "argument --sample-length: must be an integer >= 0, got -1"),
+])
+def test_options_outside_the_config_are_checked_when_parsed(argv, message, capsys):
+    """Options that are not part of a run's configuration are refused by the parser,
+    with the option's name, before anything is loaded or trained."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_home):
