@@ -58,6 +58,9 @@ def atomic_open(path):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0o600 would make the file private to its writer
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -72,9 +75,16 @@ def atomic_open(path):
 def save(path, arrays: dict, metadata: dict | None = None) -> str:
     """Write ``arrays`` (any backend; copied to the host) and JSON-able ``metadata``.
 
-    Returns the path written. Array names must be strings not starting with ``__``.
+    Returns the path written. ``arrays`` is a dict whose names are strings not starting
+    with ``__``. ``metadata`` is a dict; its keys ``format``, ``version`` and
+    ``checksum`` are the file's own and are replaced (so the metadata of a loaded
+    checkpoint can be saved again as it is).
     """
     path = os.fspath(path)
+    if not isinstance(arrays, dict):
+        raise TypeError(f"arrays must be a dict {{name: array}}, got {type(arrays).__name__}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict (or None), got {type(metadata).__name__}")
     host = {}
     for name, a in arrays.items():
         if not isinstance(name, str) or name.startswith("__"):
@@ -89,8 +99,14 @@ def save(path, arrays: dict, metadata: dict | None = None) -> str:
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
     except TypeError as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
-    with atomic_open(path) as fh:
-        np.savez(fh, **host, **{_META: np.frombuffer(meta_bytes, dtype=np.uint8)})
+    host[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    # The layout of numpy.savez (one NAME.npy per array in an uncompressed zip), written
+    # here because savez takes the names as keyword arguments: 'file' or 'allow_pickle'
+    # would be taken for its own.
+    with atomic_open(path) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in host.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, a, allow_pickle=False)
     return path
 
 

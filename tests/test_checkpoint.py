@@ -25,6 +25,33 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     assert os.listdir(tmp_path) == ["ck.npz"]  # no temporary file left behind
 
 
+def test_any_string_name_round_trips(tmp_path):
+    """numpy.savez would take the names 'file' and 'allow_pickle' for its own keywords
+    (one silently dropped, the other a TypeError); save writes the .npz itself."""
+    arrays = {"file": np.arange(3.0), "allow_pickle": np.ones(2, np.float32), "a/b": np.int64(4), "x.npy": np.zeros(1)}
+    loaded, _ = checkpoint.load(checkpoint.save(tmp_path / "ck.npz", arrays))
+    assert set(loaded) == set(arrays)
+    for k, v in arrays.items():
+        assert loaded[k].dtype == np.asarray(v).dtype and np.array_equal(loaded[k], v)
+
+
+def test_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = checkpoint.save(tmp_path / "ck.npz", {"a": np.ones(2)})
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o640  # not mkstemp's private 0o600
+
+
+def test_saving_what_is_not_a_dict_is_a_type_error(tmp_path):
+    with pytest.raises(TypeError, match=r"arrays must be a dict \{name: array\}, got list"):
+        checkpoint.save(tmp_path / "ck.npz", [np.ones(2)])
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        checkpoint.save(tmp_path / "ck.npz", {"a": np.ones(2)}, [("step", 1)])
+    assert os.listdir(tmp_path) == []
+
+
 def test_load_onto_fake_device(tmp_path):
     path = checkpoint.save(tmp_path / "ck.npz", _params())
     loaded, _ = checkpoint.load(path, backend="array_api_strict")
@@ -37,11 +64,11 @@ def test_failed_write_leaves_old_file_intact(tmp_path, monkeypatch):
     checkpoint.save(path, {"a": np.ones(3)}, {"n": 1})
     before = path.read_bytes()
 
-    def broken_savez(fh, **arrays):
+    def broken_write_array(fh, array, **kwargs):
         fh.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", broken_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", broken_write_array)
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(path, {"a": np.zeros(3)}, {"n": 2})
     assert path.read_bytes() == before
