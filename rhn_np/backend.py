@@ -173,6 +173,10 @@ def namespace(*arrays):
         return array_api_compat.array_namespace(*arrays)
     except TypeError as exc:
         kinds = sorted({name_of(a) for a in arrays})
+        others = [k for k in kinds if k not in ("numpy", "cupy", "array_api_strict")]
+        if others:
+            raise TypeError(f"expected arrays, got {', '.join(others)}: make an array first with numpy.asarray(x) "
+                            "(or rhn_np.backend.to_device(x, backend) for a GPU)") from exc
         raise TypeError(
             f"arrays from different backends were mixed ({', '.join(kinds)}); move them to one "
             f"backend with rhn_np.backend.to_device(x, backend) first"

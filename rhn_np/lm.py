@@ -57,6 +57,7 @@ from . import rhn
 
 __all__ = [
     "init_lm_params",
+    "layer_params",
     "init_dense_params",
     "draw_masks",
     "draw_dense_masks",
@@ -211,8 +212,37 @@ def _check_rhn_masks(params, B, masks):
                             f"dtype='{dtype}' (lm.draw_masks(..., dtype=...))")
 
 
-def _split_params(params):
-    """The RHN layer's part of ``params`` (every key but E, W_out, b_out)."""
+def _check_head(params):
+    """``W_out`` (n, V) and ``b_out`` (V,) fit the layer (and ``E``), in the parameters' dtype."""
+    n, dtype = params["R_H"].shape[1], params["R_H"].dtype
+    W_out = params.get("W_out")
+    if W_out is not None:
+        V = params["E"].shape[0] if "E" in params else getattr(W_out, "shape", (0, 0))[-1]
+        if tuple(getattr(W_out, "shape", ())) != (n, V):
+            raise ValueError(f"params['W_out'] has shape {tuple(getattr(W_out, 'shape', ()))}, expected (n, V) = {(n, V)}")
+    else:
+        V = params["E"].shape[0]
+    for key, a in (("W_out", W_out), ("b_out", params["b_out"])):
+        if key == "b_out" and tuple(getattr(a, "shape", ())) != (V,):
+            raise ValueError(f"params['b_out'] has shape {tuple(getattr(a, 'shape', ()))}, expected (V,) = ({V},)")
+        if a is not None and a.dtype != dtype:
+            raise TypeError(f"params[{key!r}] is {a.dtype} but the layer's parameters are {dtype}: use one dtype")
+
+
+def _check_time_major(name, a, s0):
+    """A (B, T, ...) array where (T, B, ...) belongs gets a message about the layout."""
+    if (hasattr(a, "shape") and hasattr(s0, "shape") and len(a.shape) >= 2 and len(s0.shape) == 2
+            and s0.shape[0] != a.shape[1] and s0.shape[0] == a.shape[0]):
+        layout = "(T, B)" if len(a.shape) == 2 else "(T, B, ...)"
+        fix = f"{name}.T" if len(a.shape) == 2 else f"{name}.transpose(1, 0, 2)"
+        raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected (B, n) with B = {a.shape[1]} rows, from {name} "
+                         f"{tuple(a.shape)}. If {name} is batch-major, make it time-major, {layout}, with {fix}")
+
+
+def layer_params(params):
+    """The RHN layer's part of a model's ``params`` (every key but E, W_out, b_out):
+    what :func:`rhn_np.rhn.forward` and :mod:`rhn_np.theory` take, e.g. for the
+    Jacobians of a trained model (``train.load_run``). The arrays are shared, not copied."""
     if not isinstance(params, dict) or "b_out" not in params:
         raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
     return {k: v for k, v in params.items() if k not in HEAD_KEYS}
@@ -222,7 +252,7 @@ def _split_params(params):
 # Variational dropout masks (drawn on the host, once per window)
 # ----------------------------------------------------------------------------
 def _check_keep(name, keep):
-    if not (isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0.0 < keep <= 1.0):
+    if not (rhn._is_real(keep) and 0.0 < keep <= 1.0):
         raise ValueError(f"{name} must be a probability in (0, 1] (keep = 1 - drop), got {keep!r}")
     return float(keep)
 
@@ -583,16 +613,25 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
     """
     if "E" not in params:
         raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
-    rhn_params = _split_params(params)
+    rhn_params = layer_params(params)
     if "W_out" not in params and params["E"].shape[1] != params["R_H"].shape[1]:
         raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(params['E'].shape)} and n={params['R_H'].shape[1]}")
     E, W_H = params["E"], params["W_H"]
     if len(E.shape) != 2 or E.shape[1] != W_H.shape[0] or E.dtype != W_H.dtype:
         raise ValueError(f"params['E'] is {E.dtype} {tuple(E.shape)} but the layer's W_H is {W_H.dtype} "
                          f"{tuple(W_H.shape)}: E must be (V, n_emb = n_in) of the parameters' dtype")
+    _check_head(params)
+    _check_time_major("ids", ids, s0)
     m_x, rhn_masks, m_o = _unpack_masks(masks, ("x", "i", "h", "o"))
     if hasattr(ids, "shape") and len(ids.shape) == 2:
         _check_rhn_masks(params, ids.shape[1], masks)
+        T, B = ids.shape
+        if m_x is not None and tuple(getattr(m_x, "shape", ())) not in ((T, B, 1), (T, B)):
+            raise ValueError(f"masks['x'] has shape {tuple(getattr(m_x, 'shape', ()))}, expected (T, B, 1) = "
+                             f"{(T, B, 1)} (one bit per token: lm.draw_masks)")
+        if m_x is not None and m_x.dtype != E.dtype:
+            raise TypeError(f"masks['x'] is {m_x.dtype} but the parameters are {E.dtype}: draw the masks with "
+                            f"dtype='{E.dtype}' (lm.draw_masks(..., dtype=...))")
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
     ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
@@ -614,7 +653,7 @@ def lm_backward(params, cache, dlogits, ds_last=None):
         embedding and the softmax uses of ``E``
     ds0 : (B, n) gradient with respect to ``s0``
     """
-    rhn_params = _split_params(params)
+    rhn_params = layer_params(params)
     E = params["E"]
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], _softmax_weights(params), cache["m_o"])
     grads, dX, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)  # BPTT through the layer
@@ -699,7 +738,9 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
     """
     if "W_out" not in params:
         raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
-    rhn_params = _split_params(params)
+    rhn_params = layer_params(params)
+    _check_head(params)
+    _check_time_major("xs", xs, s0)
     _, rhn_masks, m_o = _unpack_masks(masks, ("i", "h", "o"))
     if hasattr(xs, "shape") and len(xs.shape) == 3:
         _check_rhn_masks(params, xs.shape[1], masks)
@@ -710,7 +751,7 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
 
 def dense_backward(params, cache, dlogits, ds_last=None):
     """Backward of :func:`dense_forward`: ``(grads, dxs (T, B, n_in), ds0 (B, n))``."""
-    rhn_params = _split_params(params)
+    rhn_params = layer_params(params)
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], params["W_out"], cache["m_o"])
     grads, dxs, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)
     grads["W_out"] = dW_out

@@ -21,10 +21,10 @@ authors' recipe.
 
 **Updates are in place.** ``step(params, grads)`` changes the arrays of ``params``
 with the Array API in-place operators (``p -= lr * g``), which NumPy, CuPy and
-array-api-strict all support; it returns the same dict for convenience. Arrays that
-were handed out earlier (e.g. to a cache) see the new values, and so does a host
-array that ``backend.to_device(x, "numpy")`` passed through without a copy: copy
-parameters you want to keep before stepping.
+array-api-strict all support; it returns the same dict for convenience. Every other
+reference to these arrays sees the new values: copy parameters you want to keep
+before stepping, and run :func:`rhn_np.rhn.backward` before the step, not after it
+(its cache holds no weights; it reads them from ``params`` again).
 
 Every function takes its namespace from its arguments and works on NumPy, CuPy and
 array-api-strict arrays; norms and penalties are returned as 0-d arrays on the

@@ -39,6 +39,7 @@ this module is the reference it is tested against.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -79,6 +80,11 @@ def param_shapes(n_in: int, n: int, depth: int, coupled: bool = True) -> dict[st
     for g in gate_names(coupled):
         shapes[f"b_{g}"] = (depth, n)
     return shapes
+
+
+def _is_real(x) -> bool:
+    """A real number: int, float or a NumPy scalar of either (``np.float32(0.5)``); not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _positive_int(name, value, minimum=1):
@@ -128,9 +134,11 @@ def init_params(
     n_in = _positive_int("n_in", n_in)
     n = _positive_int("n", n)
     depth = _positive_int("depth", depth)
-    if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale) and init_scale >= 0):
+    if not isinstance(coupled, (bool, np.bool_)):
+        raise TypeError(f"coupled must be True or False, got {coupled!r}")
+    if not (_is_real(init_scale) and math.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
-    if not (isinstance(transform_bias, (int, float)) and math.isfinite(transform_bias)):
+    if not (_is_real(transform_bias) and math.isfinite(transform_bias)):
         raise ValueError(f"transform_bias must be a finite number, got {transform_bias!r}")
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
@@ -280,10 +288,22 @@ def _step_backward(ds, layers, R_t, m_s):
 def _check_params(params):
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of the paper's names (W_H, R_H, ...), got {type(params).__name__}")
-    coupled = _is_coupled(params)
-    missing = [k for k in param_shapes(1, 1, 1, coupled) if k not in params]
+    carry_keys = [k for k in ("W_C", "R_C", "b_C") if k in params]
+    if carry_keys and len(carry_keys) < 3:
+        raise ValueError(f"params has {carry_keys} but not all of W_C, R_C, b_C: an uncoupled layer "
+                         "(init_params(..., coupled=False)) needs all three, a coupled one none")
+    expected = list(param_shapes(1, 1, 1, _is_coupled(params)))
+    missing = [k for k in expected if k not in params]
     if missing:
         raise ValueError(f"params is missing {missing}; build it with rhn.init_params(...)")
+    unknown = [k for k in params if k not in expected]
+    if unknown:
+        raise ValueError(f"params has keys that are not the RHN layer's: {unknown}; it holds exactly {expected} "
+                         "(of a language model's params, rhn_np.lm.layer_params(params) is the layer's part)")
+    for k in expected:
+        if not _is_array(params[k]):
+            raise TypeError(f"params[{k!r}] must be an array, got {type(params[k]).__name__}")
+    coupled = _is_coupled(params)
     xp = _backend.namespace(*params.values())
     R_H = params["R_H"]
     if R_H.ndim != 3 or R_H.shape[1] != R_H.shape[2]:
@@ -310,12 +330,28 @@ def _check_params(params):
     return xp, n_in, n, depth, dtype, coupled
 
 
+def _check_cache(params, cache):
+    """Checks ``params`` and that they have the shapes, coupling and dtype of the
+    forward that made ``cache``; returns ``xp, T, B, n_in, n, depth, dtype, coupled``."""
+    if not isinstance(cache, dict) or "dims" not in cache:
+        raise TypeError("cache must be the second value returned by rhn.forward(...)")
+    xp, n_in, n, depth, dtype, coupled = _check_params(params)
+    T, B, *made = cache["dims"]
+    made[-1] = _backend.float_dtype_name(made[-1])  # by name: a cache moved to another backend still matches
+    now = (n_in, n, depth, coupled, _backend.float_dtype_name(dtype))
+    if tuple(made) != now:
+        diff = ", ".join(f"{k} {a} (cache) vs {b} (params)"
+                         for k, a, b in zip(("n_in", "n", "depth", "coupled", "dtype"), made, now) if a != b)
+        raise ValueError(f"params do not match the ones the cache was made with: {diff}")
+    return xp, T, B, n_in, n, depth, dtype, coupled
+
+
 def _check_array(xp, name, a, shape, dtype, required=False):
     if a is None:
         if required:
             raise TypeError(f"{name} must be an array of shape {tuple(shape)}, got None")
         return
-    if _backend.name_of(a) not in ("numpy", "cupy", "array_api_strict") and not hasattr(a, "__array_namespace__"):
+    if not _is_array(a):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
@@ -326,6 +362,10 @@ def _check_array(xp, name, a, shape, dtype, required=False):
         )
     if a.dtype != dtype:
         raise TypeError(f"{name} is {a.dtype} but the parameters are {dtype}: cast it to {dtype} (every input has the parameters' dtype)")
+
+
+def _is_array(a) -> bool:
+    return _backend.name_of(a) in ("numpy", "cupy", "array_api_strict") or hasattr(a, "__array_namespace__")
 
 
 def xp_name(xp) -> str:
@@ -360,6 +400,10 @@ def _check_forward_inputs(params, xs, s0, masks):
     if T < 1 or B < 1:
         raise ValueError(f"xs must have T >= 1 steps and B >= 1 rows, got shape {tuple(xs.shape)}")
     _check_array(xp, "xs", xs, (T, B, n_in), dtype)
+    if hasattr(s0, "shape") and len(s0.shape) == 2 and s0.shape[0] != B and s0.shape[0] == T:
+        raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected {(B, n)}: B = {B} rows, from xs "
+                         f"{tuple(xs.shape)}. If xs is batch-major, (B, T, n_in), make it time-major, (T, B, n_in), "
+                         "with xs.transpose(1, 0, 2)")
     _check_array(xp, "s0", s0, (B, n), dtype, required=True)
     m_x, m_s = _check_masks(xp, masks, B, n_in, n, dtype)
     xp = _backend.namespace(*params.values(), xs, s0, m_x, m_s)  # mixed backends -> TypeError
@@ -440,6 +484,10 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
         are (L, T, B, n) arrays with ``S[l, t]`` the input state of micro-layer l + 1
         at step t, and ``H[l, t]``, ``T[l, t]``, ``C[l, t]`` its gate values;
         ``cache["m_x"]``, ``cache["m_s"]`` are the masks (or None).
+        It references ``xs`` and the masks rather than copying them, and
+        :func:`backward` reads the weights from ``params`` again: change none of
+        them in place (an optimiser step included) before calling :func:`backward`,
+        or its gradients belong to no single forward pass.
     """
     xp, dims, m_x, m_s = _check_forward_inputs(params, xs, s0, masks)
     if _pick_impl(impl, xs) == "fast":
@@ -480,8 +528,9 @@ def backward(params, cache, dys, ds_last=None):
 
     Parameters
     ----------
-    params : the dict given to :func:`forward`
-    cache : from :func:`forward`
+    params : the dict given to :func:`forward`, with the same values (not yet
+        updated by an optimiser step)
+    cache : from :func:`forward` (its ``xs`` and masks unchanged since)
     dys : (T, B, n) gradient of the loss with respect to each output ``y_t``
     ds_last : optional (B, n) gradient arriving at the final state from a later
         window (truncated BPTT chains exactly through it)
@@ -492,12 +541,7 @@ def backward(params, cache, dys, ds_last=None):
     dxs : (T, B, n_in) gradient with respect to ``xs``
     ds0 : (B, n) gradient with respect to ``s0``
     """
-    if not isinstance(cache, dict) or "dims" not in cache:
-        raise TypeError("cache must be the second value returned by rhn.forward(...)")
-    xp, n_in, n, depth, dtype, coupled = _check_params(params)
-    T, B, c_n_in, c_n, c_depth, c_coupled, c_dtype = cache["dims"]
-    if (c_n_in, c_n, c_depth, c_coupled, c_dtype) != (n_in, n, depth, coupled, dtype):
-        raise ValueError("params do not match the ones the cache was made with (shapes, coupling or dtype differ)")
+    xp, T, B, n_in, n, depth, dtype, coupled = _check_cache(params, cache)
     _check_array(xp, "dys", dys, (T, B, n), dtype, required=True)
     _check_array(xp, "ds_last", ds_last, (B, n), dtype)
     xp = _backend.namespace(*params.values(), dys, ds_last, cache["xs"])

@@ -191,12 +191,11 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     (B, n, n) array: ``J_L ⋯ J_1`` (numerator) or ``A_1 ⋯ A_L`` (paper).
     """
     _check_layout(layout)
+    xp, T = rhn._check_cache(params, cache)[:2]
     if cache.get("impl") != "reference" or cache.get("S") is None:
         raise ValueError("the cache must come from rhn.forward(..., impl='reference') or rhn.step_forward")
-    T = cache["S"].shape[1]
     if not 0 <= rhn._positive_int("t", t, minimum=0) < T:
         raise ValueError(f"t must be a time index in 0..{T - 1} of the cache's window, got {t!r}")
-    xp = _backend.namespace(params["R_H"])
     J = None
     for layer in range(cache["S"].shape[0]):
         J_l = _mT(_micro_paper(params, cache, layer, t))  # numerator layout
@@ -468,13 +467,19 @@ def gersgorin_discs(M, axis="rows"):
     return centres, radii
 
 
+def _host_matrix(M) -> np.ndarray:
+    """M on the host in float64 (complex128 when M is complex), for LAPACK."""
+    Mh = np.asarray(_backend.to_host(M))
+    return Mh.astype(np.complex128 if np.iscomplexobj(Mh) else np.float64, copy=False)
+
+
 def spectrum(M):
     """Eigenvalues of a (stack of) square matrix, on the host: (..., n, n) -> complex128 (..., n).
 
-    ``backend.to_host`` then ``numpy.linalg.eigvals`` in float64, so it works for
-    CuPy and array-api-strict inputs too.
+    ``backend.to_host`` then ``numpy.linalg.eigvals`` in float64 (complex128 for a
+    complex M), so it works for CuPy and array-api-strict inputs too.
     """
-    return np.linalg.eigvals(np.asarray(_backend.to_host(M), dtype=np.float64)).astype(np.complex128)
+    return np.linalg.eigvals(_host_matrix(M)).astype(np.complex128)
 
 
 def spectral_radius(M):
@@ -500,13 +505,15 @@ def eigenvalues_in_union(M, axis="rows", *, rtol=1e-7, atol=1e-12):
     """Geršgorin's theorem as a check: every eigenvalue of M in the union of its discs.
 
     The discs come from :func:`gersgorin_discs` (``axis`` "rows", "columns" or
-    "both"), the eigenvalues from :func:`spectrum` (host, float64). ``tol = atol +
+    "both"), the eigenvalues from :func:`spectrum` (host, float64 or complex128). ``tol = atol +
     rtol · max(1, ‖M‖_∞)`` absorbs the round-off of the eigensolver.
 
     Returns a host bool array of shape ``M.shape[:-2]`` (a 0-d array for one matrix).
     """
+    if axis not in ("rows", "columns", "both"):
+        raise ValueError(f"axis must be 'rows', 'columns' or 'both', got {axis!r}")
     axes = ("rows", "columns") if axis == "both" else (axis,)
-    Mh = np.asarray(_backend.to_host(M), dtype=np.float64)
+    Mh = _host_matrix(M)
     lam = spectrum(Mh)
     scale = np.maximum(1.0, np.max(np.sum(np.abs(Mh), axis=-1), axis=-1))
     tol = atol + rtol * scale

@@ -52,7 +52,7 @@ import numpy as np
 from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import data as _data
-from . import lm, optim
+from . import lm, optim, rhn
 
 __all__ = [
     "Config",
@@ -496,7 +496,7 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     """
     if ds.kind != "tokens":
         raise ValueError("sampling needs a word or character model; JSB piano-roll models have no text to sample")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
+    if not (rhn._is_real(temperature) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     length = lm._check_int("length", length)
     V = _vocab_of(params, "sample")

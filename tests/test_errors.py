@@ -501,3 +501,103 @@ def test_plots_gradcheck_and_roll_batches_name_a_wrong_argument():
         batches.window(2, batches.order(None))
     with pytest.raises(ValueError, match="non-empty list of"):
         train.SequenceBatches([], 2)
+
+
+# ----------------------------------------------------------------------------
+# Mistakes that used to give a silent wrong result or a misleading message
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("drop", [["W_C"], ["R_C"], ["b_C"], ["W_C", "R_C"]])
+def test_a_partial_set_of_carry_gate_parameters_is_refused(layer, drop):
+    """Without W_C the layer used to run as a coupled one and ignore R_C, b_C."""
+    params, xs, s0, _, _, _ = layer
+    for k in drop:
+        del params[k]
+    with pytest.raises(ValueError, match=r"params has \[.*\] but not all of W_C, R_C, b_C"):
+        rhn.forward(params, xs, s0)
+
+
+def test_unknown_parameter_keys_are_refused_with_the_way_out(layer):
+    from rhn_np import lm
+
+    params, xs, s0, _, _, _ = layer
+    with pytest.raises(ValueError, match=r"params has keys that are not the RHN layer's: \['lr'\]"):
+        rhn.forward({**params, "lr": np.float64(0.1)}, xs, s0)
+    p = lm.init_lm_params(7, N_IN, N, DEPTH, dtype="float64")
+    with pytest.raises(ValueError, match=r"\['E', 'b_out', 'W_out'\].*rhn_np.lm.layer_params\(params\)"):
+        theory.step_jacobian(p, xs[0], s0)
+    J = theory.step_jacobian(lm.layer_params(p), xs[0], s0)
+    assert J.shape == (B, N, N)
+    with pytest.raises(TypeError, match=r"params\['R_H'\] must be an array, got str"):
+        rhn.forward({**params, "R_H": "weights"}, xs, s0)
+
+
+def test_jacobian_from_cache_checks_the_params_against_the_cache(layer):
+    params, xs, s0, _, _, _ = layer
+    _, cache = rhn.forward(params, xs, s0)
+    deeper = rhn.init_params(N_IN, N, DEPTH + 1, coupled=False, dtype="float64")
+    with pytest.raises(ValueError, match=rf"params do not match .*: depth {DEPTH} \(cache\) vs {DEPTH + 1} \(params\)"):
+        theory.jacobian_from_cache(deeper, cache, 0)
+    wider = rhn.init_params(N_IN, N + 1, DEPTH, coupled=False, dtype="float64")
+    with pytest.raises(ValueError, match=rf"n {N} \(cache\) vs {N + 1} \(params\)"):
+        theory.jacobian_from_cache(wider, cache, 0)
+
+
+def test_complex_matrices_keep_their_eigenvalues():
+    """spectrum used to cast to float64, dropping imaginary parts with only a warning."""
+    M = np.array([[1j, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(np.sort_complex(theory.spectrum(M)), [1j, 2.0])
+    M = np.array([[1j, 0.5], [0.3j, 2.0]])
+    assert theory.eigenvalues_in_union(M, "both")
+    with pytest.raises(ValueError, match=r"axis must be 'rows', 'columns' or 'both', got 'cols'"):
+        theory.eigenvalues_in_union(M, "cols")
+
+
+def test_batch_major_inputs_get_a_message_about_the_layout():
+    from rhn_np import lm
+
+    params = rhn.init_params(N_IN, N, DEPTH, dtype="float64")
+    xs, s0 = np.zeros((4, B, N_IN)), np.zeros((B, N))
+    with pytest.raises(ValueError, match=r"s0 has shape \(2, 5\), expected \(4, 5\).*xs is batch-major.*xs.transpose\(1, 0, 2\)"):
+        rhn.forward(params, np.swapaxes(xs, 0, 1), s0)
+    p = lm.init_lm_params(7, N_IN, N, DEPTH, dtype="float64")
+    ids = np.zeros((4, B), np.int64)
+    with pytest.raises(ValueError, match=r"ids \(2, 4\)\. If ids is batch-major, make it time-major, \(T, B\), with ids.T"):
+        lm.lm_forward(p, ids.T, s0)
+    d = lm.init_dense_params(N_IN, N, DEPTH, dtype="float64")
+    with pytest.raises(ValueError, match=r"xs.transpose\(1, 0, 2\)"):
+        lm.dense_forward(d, np.swapaxes(xs, 0, 1), s0)
+
+
+def test_language_model_head_and_word_mask_are_checked():
+    from rhn_np import lm
+
+    p = lm.init_lm_params(7, N_IN, N, DEPTH, dtype="float64")
+    ids, s0 = np.zeros((4, B), np.int64), np.zeros((B, N))
+    with pytest.raises(ValueError, match=r"params\['W_out'\] has shape \(5, 8\), expected \(n, V\) = \(5, 7\)"):
+        lm.lm_forward({**p, "W_out": np.zeros((N, 8))}, ids, s0)
+    with pytest.raises(ValueError, match=r"params\['b_out'\] has shape \(1, 7\), expected \(V,\) = \(7,\)"):
+        lm.lm_forward({**p, "b_out": p["b_out"][None]}, ids, s0)
+    with pytest.raises(TypeError, match=r"params\['b_out'\] is float32 but the layer's parameters are float64"):
+        lm.lm_forward({**p, "b_out": p["b_out"].astype(np.float32)}, ids, s0)
+    m = lm.draw_masks(0, ids, vocab=7, n_emb=N_IN, n=N, keep_x=0.5, dtype="float64")
+    with pytest.raises(ValueError, match=r"masks\['x'\] has shape \(2, 4, 1\), expected \(T, B, 1\) = \(4, 2, 1\)"):
+        lm.lm_forward(p, ids, s0, {**m, "x": np.swapaxes(m["x"], 0, 1)})
+    with pytest.raises(TypeError, match=r"masks\['x'\] is float32 but the parameters are float64"):
+        lm.lm_forward(p, ids, s0, {**m, "x": m["x"].astype(np.float32)})
+
+
+def test_numpy_scalars_are_numbers_and_bools_are_not():
+    from rhn_np import lm
+
+    p = rhn.init_params(N_IN, N, DEPTH, transform_bias=np.float32(-1.5), init_scale=np.float32(0.1))
+    assert np.all(p["b_T"] == -1.5)
+    assert set(lm.draw_dense_masks(0, B, n_in=N_IN, n=N, keep_i=np.float32(0.5))) == {"i", "h", "o"}
+    with pytest.raises(ValueError, match="transform_bias must be a finite number, got True"):
+        rhn.init_params(N_IN, N, DEPTH, transform_bias=True)
+    with pytest.raises(TypeError, match="coupled must be True or False, got 'no'"):
+        rhn.init_params(N_IN, N, DEPTH, coupled="no")
+
+
+def test_a_list_where_an_array_belongs_is_named_as_such():
+    with pytest.raises(TypeError, match=r"expected arrays, got list: make an array first with numpy.asarray"):
+        theory.gersgorin_discs([[1.0, 2.0], [3.0, 4.0]])
