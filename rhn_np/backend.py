@@ -173,7 +173,8 @@ def namespace(*arrays):
         return array_api_compat.array_namespace(*arrays)
     except TypeError as exc:
         kinds = sorted({name_of(a) for a in arrays})
-        others = [k for k in kinds if k not in ("numpy", "cupy", "array_api_strict")]
+        others = sorted({type(a).__name__ for a in arrays
+                         if not array_api_compat.is_array_api_obj(a) and not isinstance(a, (bool, int, float, complex))})
         if others:
             raise TypeError(f"expected arrays, got {', '.join(others)}: make an array first with numpy.asarray(x) "
                             "(or rhn_np.backend.to_device(x, backend) for a GPU)") from exc

@@ -20,9 +20,10 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -46,6 +47,21 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _create_temporary(folder):
+    """A new file ``folder/.tmp-<random>.part``, opened for writing: ``(fd, path)``.
+
+    Created with mode 0o666 so that the kernel applies the user's umask, as for any
+    file the user writes (``tempfile.mkstemp`` would make it private, 0o600).
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.part")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
 @contextlib.contextmanager
 def atomic_open(path):
     """Write a file atomically: ``with atomic_open(path) as fh: fh.write(...)``.
@@ -56,11 +72,8 @@ def atomic_open(path):
     """
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    fd, tmp = _create_temporary(folder)
     try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0o600 would make the file private to its writer
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -81,9 +94,9 @@ def save(path, arrays: dict, metadata: dict | None = None) -> str:
     checkpoint can be saved again as it is).
     """
     path = os.fspath(path)
-    if not isinstance(arrays, dict):
+    if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a dict {{name: array}}, got {type(arrays).__name__}")
-    if metadata is not None and not isinstance(metadata, dict):
+    if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a dict (or None), got {type(metadata).__name__}")
     host = {}
     for name, a in arrays.items():

@@ -214,12 +214,13 @@ def _check_rhn_masks(params, B, masks):
 
 def _check_head(params):
     """``W_out`` (n, V) and ``b_out`` (V,) fit the layer (and ``E``), in the parameters' dtype."""
-    n, dtype = params["R_H"].shape[1], params["R_H"].dtype
+    _, _, n, _, dtype, _ = rhn._check_params(layer_params(params))
     W_out = params.get("W_out")
     if W_out is not None:
-        V = params["E"].shape[0] if "E" in params else getattr(W_out, "shape", (0, 0))[-1]
-        if tuple(getattr(W_out, "shape", ())) != (n, V):
-            raise ValueError(f"params['W_out'] has shape {tuple(getattr(W_out, 'shape', ()))}, expected (n, V) = {(n, V)}")
+        V = params["E"].shape[0] if "E" in params else (W_out.shape[-1] if getattr(W_out, "ndim", 0) == 2 else None)
+        if V is None or tuple(W_out.shape) != (n, V):
+            raise ValueError(f"params['W_out'] has shape {tuple(getattr(W_out, 'shape', ()))}, expected (n, V) = "
+                             f"{(n, V or 'V')}")
     else:
         V = params["E"].shape[0]
     for key, a in (("W_out", W_out), ("b_out", params["b_out"])):
@@ -232,7 +233,7 @@ def _check_head(params):
 def _check_time_major(name, a, s0):
     """A (B, T, ...) array where (T, B, ...) belongs gets a message about the layout."""
     if (hasattr(a, "shape") and hasattr(s0, "shape") and len(a.shape) >= 2 and len(s0.shape) == 2
-            and s0.shape[0] != a.shape[1] and s0.shape[0] == a.shape[0]):
+            and s0.shape[0] != a.shape[1] and s0.shape[0] == a.shape[0] > 1):
         layout = "(T, B)" if len(a.shape) == 2 else "(T, B, ...)"
         fix = f"{name}.T" if len(a.shape) == 2 else f"{name}.transpose(1, 0, 2)"
         raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected (B, n) with B = {a.shape[1]} rows, from {name} "

@@ -400,7 +400,7 @@ def _check_forward_inputs(params, xs, s0, masks):
     if T < 1 or B < 1:
         raise ValueError(f"xs must have T >= 1 steps and B >= 1 rows, got shape {tuple(xs.shape)}")
     _check_array(xp, "xs", xs, (T, B, n_in), dtype)
-    if hasattr(s0, "shape") and len(s0.shape) == 2 and s0.shape[0] != B and s0.shape[0] == T:
+    if hasattr(s0, "shape") and len(s0.shape) == 2 and s0.shape[0] != B and s0.shape[0] == T > 1:
         raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected {(B, n)}: B = {B} rows, from xs "
                          f"{tuple(xs.shape)}. If xs is batch-major, (B, T, n_in), make it time-major, (T, B, n_in), "
                          "with xs.transpose(1, 0, 2)")
@@ -439,6 +439,8 @@ def step_forward(params, x, s_prev, masks=None):
     if not hasattr(x, "shape") or len(x.shape) != 2:
         raise ValueError(f"x must be one step's input of shape (B, n_in), got {getattr(x, 'shape', type(x).__name__)}; "
                          "for a window of T steps use rhn.forward (or theory.sequence_jacobians)")
+    if hasattr(s_prev, "shape") and tuple(s_prev.shape[:1]) != tuple(x.shape[:1]):
+        raise ValueError(f"s_prev has shape {tuple(s_prev.shape)} but x has {x.shape[0]} rows (B): s_prev must be (B, n)")
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 

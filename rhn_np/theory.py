@@ -432,9 +432,16 @@ def jacobians_across_time(Js, *, anchor="end"):
     return xp.stack(out)
 
 
+def _host_matrix(M) -> np.ndarray:
+    """M on the host in float64 (complex128 when M is complex), for LAPACK."""
+    Mh = np.asarray(_backend.to_host(M))
+    return Mh.astype(np.complex128 if np.iscomplexobj(Mh) else np.float64, copy=False)
+
+
 def singular_values(M):
-    """Singular values of a (stack of) matrix (..., m, n), on the host in float64, descending."""
-    return np.linalg.svd(np.asarray(_backend.to_host(M), dtype=np.float64), compute_uv=False)
+    """Singular values of a (stack of) matrix (..., m, n), on the host in float64, descending
+    (a complex M is decomposed in complex128)."""
+    return np.linalg.svd(_host_matrix(M), compute_uv=False)
 
 
 def lag_norms(P):
@@ -465,12 +472,6 @@ def gersgorin_discs(M, axis="rows"):
     off = xp.abs(M) * (1.0 - eye)
     radii = xp.sum(off, axis=-1 if axis == "rows" else -2)
     return centres, radii
-
-
-def _host_matrix(M) -> np.ndarray:
-    """M on the host in float64 (complex128 when M is complex), for LAPACK."""
-    Mh = np.asarray(_backend.to_host(M))
-    return Mh.astype(np.complex128 if np.iscomplexobj(Mh) else np.float64, copy=False)
 
 
 def spectrum(M):

@@ -44,6 +44,15 @@ def test_file_mode_follows_the_umask(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640  # not mkstemp's private 0o600
 
 
+def test_any_mapping_saves(tmp_path):
+    import types
+
+    path = checkpoint.save(tmp_path / "ck.npz", types.MappingProxyType({"a": np.ones(2)}),
+                           types.MappingProxyType({"n": 1}))
+    loaded, meta = checkpoint.load(path)
+    assert np.array_equal(loaded["a"], np.ones(2)) and meta["n"] == 1
+
+
 def test_saving_what_is_not_a_dict_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match=r"arrays must be a dict \{name: array\}, got list"):
         checkpoint.save(tmp_path / "ck.npz", [np.ones(2)])

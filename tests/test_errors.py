@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -547,7 +548,10 @@ def test_complex_matrices_keep_their_eigenvalues():
     M = np.array([[1j, 0.0], [0.0, 2.0]])
     np.testing.assert_allclose(np.sort_complex(theory.spectrum(M)), [1j, 2.0])
     M = np.array([[1j, 0.5], [0.3j, 2.0]])
-    assert theory.eigenvalues_in_union(M, "both")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old float64 cast warned (ComplexWarning) and passed
+        assert theory.eigenvalues_in_union(M, "both")
+        np.testing.assert_allclose(theory.singular_values(M), np.linalg.svd(M, compute_uv=False))
     with pytest.raises(ValueError, match=r"axis must be 'rows', 'columns' or 'both', got 'cols'"):
         theory.eigenvalues_in_union(M, "cols")
 
@@ -601,3 +605,23 @@ def test_numpy_scalars_are_numbers_and_bools_are_not():
 def test_a_list_where_an_array_belongs_is_named_as_such():
     with pytest.raises(TypeError, match=r"expected arrays, got list: make an array first with numpy.asarray"):
         theory.gersgorin_discs([[1.0, 2.0], [3.0, 4.0]])
+    strict = backend.get("array_api_strict")
+    with pytest.raises(TypeError, match=r"arrays from different backends were mixed \(array_api_strict, float, numpy\)"):
+        backend.namespace(np.zeros(2), strict.zeros((2,), "float64"), 0.5)  # a Python scalar is no culprit
+
+
+def test_one_step_names_its_own_arguments():
+    """step_forward is forward over T = 1: a 1-row s_prev must not be taken for a
+    batch-major window, and the message names x and s_prev."""
+    params = rhn.init_params(N_IN, N, DEPTH, dtype="float64")
+    with pytest.raises(ValueError, match=r"s_prev has shape \(1, 5\) but x has 4 rows \(B\)"):
+        theory.step_jacobian(params, np.zeros((4, N_IN)), np.zeros((1, N)))
+
+
+def test_the_head_check_comes_after_the_layer_check():
+    from rhn_np import lm
+
+    d = lm.init_dense_params(N_IN, N, DEPTH, dtype="float64")
+    del d["R_H"]
+    with pytest.raises(ValueError, match=r"params is missing \['R_H'\]"):
+        lm.dense_forward(d, np.zeros((3, B, N_IN)), np.zeros((B, N)))
