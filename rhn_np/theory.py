@@ -498,6 +498,9 @@ def in_union(points, centres, radii, *, tol=0.0):
     z = np.asarray(_backend.to_host(points))[..., :, None]
     c = np.asarray(_backend.to_host(centres))[..., None, :]
     r = np.asarray(_backend.to_host(radii))[..., None, :]
+    if c.shape != r.shape:
+        raise ValueError(f"centres {c.shape[:-2] + c.shape[-1:]} and radii {r.shape[:-2] + r.shape[-1:]} must have "
+                         "the same shape (one radius per disc; gersgorin_discs returns both)")
     tol = np.asarray(tol)[..., None, None] if np.ndim(tol) else tol
     return np.any(np.abs(z - c) <= r + tol, axis=-1)
 

@@ -554,6 +554,8 @@ def test_complex_matrices_keep_their_eigenvalues():
         np.testing.assert_allclose(theory.singular_values(M), np.linalg.svd(M, compute_uv=False))
     with pytest.raises(ValueError, match=r"axis must be 'rows', 'columns' or 'both', got 'cols'"):
         theory.eigenvalues_in_union(M, "cols")
+    with pytest.raises(ValueError, match=r"centres \(2,\) and radii \(1,\) must have the same shape"):
+        theory.in_union(np.zeros(1), np.zeros(2), np.ones(1))  # used to broadcast the one radius
 
 
 def test_batch_major_inputs_get_a_message_about_the_layout():
