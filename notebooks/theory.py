@@ -67,9 +67,10 @@ print("fast mode" if FAST else "full mode")
 # eigenvalues. A disc need not contain an eigenvalue; a connected group of $k$ discs
 # that is disjoint from the others contains exactly $k$.
 #
-# Why it matters here: a Jacobian whose discs all lie inside the unit circle shrinks
-# every gradient direction (vanishing); a disc that reaches outside allows
-# eigenvalues with $|\lambda| > 1$ (possible explosion).
+# Why it matters here: when every disc lies inside the unit circle, every eigenvalue
+# has $|\lambda| < 1$ and products of such Jacobians over many steps shrink
+# (vanishing gradients); a disc that reaches outside allows eigenvalues with
+# $|\lambda| > 1$ (possible explosion).
 
 # %%
 A_example = np.array(
@@ -103,8 +104,8 @@ show(fig, "01_gersgorin_example")
 # %% [markdown]
 # ## 2. Figure 2 of the paper: small random vs identity initialisation
 #
-# For a plain tanh RNN, $y_t = \tanh(x_t W + y_{t-1} R + b)$ (paper Eq. 2 in the
-# row-vector convention of the code), the temporal Jacobian in the paper's layout is
+# For a plain tanh RNN, $y_t = \tanh(x_t W + y_{t-1} R + b)$ (in the row-vector
+# convention of the code), the temporal Jacobian in the paper's layout (Eq. 2) is
 #
 # $$ A = \frac{\partial y_t}{\partial y_{t-1}} = R\, \mathrm{diag}\big[\tanh'(a_t)\big], \qquad \|A\| \le \gamma\, \sigma_{\max}(R) \quad (\text{Eq. 3}), $$
 #
@@ -164,8 +165,10 @@ show(fig, "03_rnn_discs_std_width")
 # %% [markdown]
 # The same as a sweep. Left: the spectral radius $\rho(A)$ (solid), the Eq. 3 bound
 # $\gamma\sigma_{\max}$ (dotted) and the Geršgorin bound $\max_i (|a_{ii}| + r_i)$
-# (dashed) against the init std, for three widths — all three cross 1 at a smaller std
-# for a wider layer. Right: every $|\lambda|$ against the width at a fixed std.
+# (dashed) against the init std, one colour per width: each of the three crosses 1 at a
+# smaller std for a wider layer (for n = 256, in full mode, the Geršgorin bound is above
+# 1 already at the smallest std plotted). Right: every $|\lambda|$ against the width at
+# a fixed std.
 
 # %%
 stds = np.geomspace(0.005, 0.5, 9 if FAST else 21)
@@ -276,8 +279,9 @@ show(fig, "06_rhn_spectrum_vs_bias")
 
 # %% [markdown]
 # **Eq. 15 numerically.** Saturate the gates: a coupled layer with $b_T = -50$ gives
-# $A = I$ exactly; an uncoupled layer with $b_T = +50$, $b_C = -50$ gives exactly the
-# Jacobian of the plain tanh RNN with $R = R_H$, $W = W_H$, $b = b_H$.
+# $A = I$ exactly; an uncoupled layer with $b_T = +50$, $b_C = -50$ gives the Jacobian
+# of the plain tanh RNN with $R = R_H$, $W = W_H$, $b = b_H$ (equal in exact
+# arithmetic; the two codes sum in different orders, so they differ by round-off).
 
 # %%
 _, A_carry = rhn_jacobian(-50.0, 0.5)
@@ -369,9 +373,10 @@ show(fig, "08_singular_values_vs_lag")
 # and the row radius is $r_i = \sum_{j \ne i} |A_{ij}|$. The radius printed as Eq. 14
 # indexes the gate values by the row, $\sum_{j\ne i} |H'_{ij} t_i + C'_{ij} y_i + T'_{ij} h_i|$,
 # which is not a radius of $A$ (it mixes the row sum of one matrix with the column
-# scaling of the other; with $H'_{ji}$ in place of $H'_{ij}$ it would be the correct
-# *column* radius). The two agree when all units have the same gate values, and
-# differ otherwise. `theory.eq14_printed_radii` computes the printed expression;
+# scaling of the other; with $H'_{ji}$, $C'_{ji}$, $T'_{ji}$ in place of $H'_{ij}$,
+# $C'_{ij}$, $T'_{ij}$ it would be the correct *column* radius). The two agree when
+# $t$, $h$ and $y$ each take the same value in every unit, and differ
+# otherwise. `theory.eq14_printed_radii` computes the printed expression;
 # `theory.gersgorin_discs` computes radii from the actual matrix.
 
 # %%

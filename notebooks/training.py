@@ -277,9 +277,9 @@ print(f"\nmost active micro-layer after training: ℓ = {top}")
 # left as trained.
 #
 # One thing to keep in mind when reading the bars: in an RHN only micro-layer 1 sees the
-# input character $x_t$ (Eqs. 7-8: the $W$ terms appear only for $\ell = 1$). Lesioning
-# layer 1 therefore also cuts the model off from its input, which is why the paper finds
-# it the most important one.
+# input character $x_t$ (Eqs. 7-9: the $W$ terms appear only for $\ell = 1$). Lesioning
+# layer 1 therefore also cuts the model off from its input, which may be why it is the
+# costliest lesion (our reading; the paper reports the finding without this reason).
 
 # %%
 n_lesion = 20_000 if FAST else len(ds.valid)

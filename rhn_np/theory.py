@@ -314,7 +314,7 @@ def sequence_jacobians(params, xs, s0, masks=None, *, layout="numerator"):
 
 
 # ----------------------------------------------------------------------------
-# Plain tanh RNN (paper Eq. 2)
+# Plain tanh RNN (its temporal Jacobian is paper Eq. 2)
 # ----------------------------------------------------------------------------
 def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", backend="numpy"):
     """Parameters of a plain tanh RNN ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``.
@@ -350,7 +350,7 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
 
 
 def rnn_step_forward(R, W, b, x, y_prev):
-    """Paper Eq. 2 (row vectors): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``; (B, n_in), (B, n) -> (B, n)."""
+    """The plain RNN step (row vectors): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``; (B, n_in), (B, n) -> (B, n)."""
     xp = _backend.namespace(R, W, b, x, y_prev)
     return xp.tanh(x @ W + y_prev @ R + b)
 
