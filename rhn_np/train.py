@@ -929,7 +929,12 @@ class Trainer:
         path = os.path.join(os.fspath(work_dir), "checkpoint.npz")
         if not os.path.exists(path):
             raise RunError(f"--resume: there is no checkpoint.npz in {work_dir}; start the run without --resume")
-        arrays, meta = _checkpoint.load(path)
+        try:
+            arrays, meta = _checkpoint.load(path)
+        except _checkpoint.CheckpointError as exc:
+            raise _checkpoint.CheckpointError(
+                f"{exc}. Resuming needs it (the optimiser's state is only there); best.npz, if the run has one, "
+                "still serves rhn-np evaluate and sample, and a new run starts without --resume") from exc
         _check_run_meta(meta, path)
         stored = dict(meta["config"])
         allowed = {"max_steps", "epochs", "time_limit", "eval_every", "log_every", "backend", "data_dir"}

@@ -141,6 +141,9 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
     assert "The run's other checkpoint, checkpoint.npz, may still be readable (rhn-np: --checkpoint latest" in capsys.readouterr().err
     assert cli.main(["evaluate", "--work-dir", str(bad), "--checkpoint", "latest", "--quiet"]) == 0
     capsys.readouterr()
+    (bad / "checkpoint.npz").write_bytes(b"truncated")
+    assert cli.main(["train", "--resume", "--work-dir", str(bad), "--quiet"]) == 1
+    assert "Resuming needs it (the optimiser's state is only there)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
