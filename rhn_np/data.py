@@ -481,7 +481,9 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     sha256 : str or dict, optional
         Expected SHA-256 of a download, overriding the registry: a str for a data set
         downloaded as one file, or ``{file name: digest}``. Needed for a file whose
-        registry digest is None (or set ``RHN_NP_ALLOW_UNVERIFIED=1``).
+        registry digest is None (or set ``RHN_NP_ALLOW_UNVERIFIED=1``). The cached copy
+        is checked against it too. Refused with ``root`` and for pydoc and ptb-char,
+        which download nothing themselves.
 
     Returns
     -------
@@ -500,6 +502,11 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
         A file does not have the expected format.
     """
     key = _canonical_name(name)
+    if sha256 is not None and (key in ("pydoc", "ptb-char") or root is not None):
+        why = {"pydoc": "pydoc is built on this machine, not downloaded",
+               "ptb-char": "ptb-char is derived from the ptb word files: load('ptb', sha256=...) first, then "
+                           "load('ptb-char')"}.get(key, "files under root are used as they are, never checked")
+        raise ValueError(f"sha256 checks downloads; {why}")
     if key == "pydoc":
         return _load_pydoc()
     spec = DATASETS[key]
@@ -508,11 +515,15 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a folder path (str or pathlib.Path), got {type(root).__name__}")
         paths = _locate_in_root(key, spec, pathlib.Path(os.fspath(root)).expanduser())
-        verify = False
+        digests = None
     else:
         paths = _locate_in_cache(key, spec, download, overrides)
-        verify = True
-    return _LOADERS[key](key, spec, paths, verify)
+        # the cache is checked against the digests its downloads were checked against
+        digests = {f: overrides.get(f, entry.get("sha256")) for f, entry in spec["files"].items()}
+        for f, entry in spec["files"].items():
+            if entry.get("member"):  # an extracted member is checked only against the registry's zip
+                digests[entry["member"]] = entry.get("member_sha256") if f not in overrides else None
+    return _LOADERS[key](key, spec, paths, digests)
 
 
 def _canonical_name(name) -> str:
@@ -718,10 +729,15 @@ def _download(url: str, dest, sha256: str | None, *, timeout: float = DOWNLOAD_T
         size = f" ({int(length) / 1e6:.1f} MB)" if length and length.isdigit() else ""
         print(f"rhn_np: downloading {dest.name}{size} from {url} to {dest.parent}", file=sys.stderr, flush=True)
         with atomic_open(dest) as fh:  # a checksum error deletes the partial download
-            h = hashlib.sha256()
+            h, received = hashlib.sha256(), 0
             for block in iter(lambda: response.read(1 << 20), b""):
                 h.update(block)
                 fh.write(block)
+                received += len(block)
+            if length and length.isdigit() and received != int(length):
+                raise DataNotFoundError(
+                    f"download of {dest.name} from {url} was cut short: {received:,} of {int(length):,} bytes "
+                    "arrived; the partial file was deleted. Load again to retry.")
             actual = h.hexdigest()
             if sha256 is not None and actual != sha256.lower():
                 raise ChecksumError(
@@ -792,11 +808,11 @@ def _to_ids(tokens, index, where) -> np.ndarray:
         ) from None
 
 
-def _load_ptb(key, spec, paths, verify) -> Dataset:
+def _load_ptb(key, spec, paths, digests) -> Dataset:
     splits = {}
     for split, filename in zip(("train", "valid", "test"), spec["files"]):
         path = paths[filename]
-        text = _read_text(path, spec["files"][filename]["sha256"] if verify else None)
+        text = _read_text(path, digests[filename] if digests else None)
         tokens = _line_tokens(text)
         if all(s == EOS for s in tokens):  # stops at the first real symbol
             raise DataFormatError(f"{path} holds no symbols (empty file?)")
@@ -884,15 +900,15 @@ def _stream_dataset(key, level, data: bytes, vocab_of, source: str) -> Dataset:
                    [vocab_of(int(b)) for b in values], level, source=source)
 
 
-def _load_zip_stream(key, spec, paths, verify) -> Dataset:
+def _load_zip_stream(key, spec, paths, digests) -> Dataset:
     (zip_name, entry), = spec["files"].items()
     member = entry["member"]
     if member in paths:  # the extracted file
         path = paths[member]
-        data = _read_bytes(path, entry.get("member_sha256") if verify else None)
+        data = _read_bytes(path, digests[member] if digests else None)
     else:
         path = paths[zip_name]
-        data = _read_zip_member(path, member, entry["sha256"] if verify else None)
+        data = _read_zip_member(path, member, digests[zip_name] if digests else None)
     if not data:
         raise DataFormatError(f"{path} holds no data (empty {member})")
     if key == "text8":
@@ -936,11 +952,11 @@ def piano_roll(chorale, where: str = "chorale") -> np.ndarray:
     return roll
 
 
-def _load_jsb(key, spec, paths, verify) -> Dataset:
+def _load_jsb(key, spec, paths, digests) -> Dataset:
     (filename, entry), = spec["files"].items()
     path = paths[filename]
     try:
-        obj = json.loads(_read_text(path, entry["sha256"] if verify else None))
+        obj = json.loads(_read_text(path, digests[filename] if digests else None))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path} is not valid JSON ({exc})") from exc
     if not isinstance(obj, dict) or not {"train", "valid", "test"} <= set(obj):

@@ -69,8 +69,9 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def server():
-    """A loopback HTTP server: ``files`` maps a path to bytes, ``requests`` logs the GETs."""
-    files, requests = {}, []
+    """A loopback HTTP server: ``files`` maps a path to bytes, ``requests`` logs the GETs;
+    ``claimed`` may give a path a Content-Length other than its body's (a cut transfer)."""
+    files, requests, claimed = {}, [], {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -80,7 +81,7 @@ def server():
                 self.send_error(404)
                 return
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(claimed.get(self.path, len(body))))
             self.end_headers()
             self.wfile.write(body)
 
@@ -90,7 +91,8 @@ def server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield types.SimpleNamespace(files=files, requests=requests, url=f"http://127.0.0.1:{srv.server_address[1]}")
+    yield types.SimpleNamespace(files=files, requests=requests, claimed=claimed,
+                                url=f"http://127.0.0.1:{srv.server_address[1]}")
     srv.shutdown()
     srv.server_close()
 
@@ -321,6 +323,45 @@ def test_wrong_sha256_raises_and_leaves_nothing(server, cache, monkeypatch):
     message = str(info.value)
     assert wrong in message and sha256(body) in message and "jsb-chorales-quarter.json" in message
     assert all_files(cache) == []  # neither the file nor a temporary file
+
+
+@pytest.mark.parametrize("digest_known", [True, False])
+def test_a_cut_transfer_is_refused_and_leaves_nothing(server, cache, monkeypatch, digest_known):
+    """The server promises more bytes than it sends. Without a digest to check, the
+    short file used to be kept under its final name, and every later load failed."""
+    body = json.dumps(JSB_SMALL).encode()
+    server.files["/jsb.json"] = body[:40]
+    server.claimed["/jsb.json"] = len(body)
+    patch_file(monkeypatch, "jsb", "jsb-chorales-quarter.json", url=server.url + "/jsb.json",
+               sha256=sha256(body) if digest_known else None)
+    monkeypatch.setenv(data.ALLOW_UNVERIFIED_ENV, "1")
+    with pytest.raises(data.DataNotFoundError, match=rf"was cut short: 40 of {len(body)} bytes arrived; the partial "
+                                                     "file was deleted"):
+        data.load("jsb")
+    assert all_files(cache) == []
+
+
+def test_a_sha256_override_also_checks_the_cached_file(server, cache, monkeypatch):
+    """load(..., sha256=G) for a file whose registry digest differs: the download is
+    checked against G, and so is the cached copy (it used to be checked against the
+    registry, so the second step failed whatever the user did)."""
+    body = json.dumps(JSB_SMALL).encode()
+    server.files["/jsb.json"] = body
+    patch_file(monkeypatch, "jsb", "jsb-chorales-quarter.json", url=server.url + "/jsb.json", sha256="2" * 64)
+    assert len(data.load("jsb", sha256=sha256(body)).train) == 2
+    assert len(data.load("jsb", sha256=sha256(body)).train) == 2 and server.requests == ["/jsb.json"]
+    with pytest.raises(data.ChecksumError, match="expected " + "2" * 64):
+        data.load("jsb")  # without the override the registry's digest applies
+
+
+@pytest.mark.parametrize("name, kwargs, why", [
+    ("pydoc", {}, "pydoc is built on this machine"),
+    ("ptb-char", {}, r"ptb-char is derived from the ptb word files: load\('ptb', sha256=...\) first"),
+    ("jsb", {"root": "."}, "files under root are used as they are"),
+])
+def test_sha256_where_nothing_is_downloaded_is_refused(name, kwargs, why):
+    with pytest.raises(ValueError, match="sha256 checks downloads; " + why):
+        data.load(name, sha256="0" * 64, **kwargs)
 
 
 def test_cached_file_with_wrong_content_is_rejected(cache):
