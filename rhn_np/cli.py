@@ -105,6 +105,8 @@ def _train(args) -> int:
         eval_batch_size=args.eval_batch_size, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
     )
     preset = args.preset or "demo"
+    if args.dataset is not None:
+        data._canonical_name(args.dataset)  # a typo is reported now, --print-config included
     cfg = T.config_from_preset(preset, **overrides)
     if args.epochs is not None and args.max_steps is None:
         cfg.max_steps = None  # --epochs alone: that many epochs, not the preset's step count
@@ -153,6 +155,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = data.load(cfg.dataset, root=args.data_dir or cfg.data_dir)
+    T.check_run_data(meta, ds)
     batch = 1 if args.batch_1 else (cfg.eval_batch_size if args.batch_size is None else args.batch_size)
     total = len(getattr(ds, args.split)) if ds.kind == "tokens" else None
     with tqdm(total=total, unit="tok", disable=True if (args.quiet or total is None) else None, desc=f"{args.split}") as bar:

@@ -67,6 +67,7 @@ __all__ = [
     "train",
     "evaluate",
     "evaluate_dataset",
+    "check_run_data",
     "sample",
     "load_run",
     "dataset_for_sampling",
@@ -156,8 +157,10 @@ class Config:
                 raise ValueError(f"{_label(name)} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"{_label('seed')} must be an integer >= 0, got {self.seed!r}")
-        if isinstance(self.transform_bias, bool) or not (isinstance(self.transform_bias, (int, float))
-                                                         and math.isfinite(self.transform_bias)):
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ValueError(f"{_label('dataset')} must be a data set name such as 'ptb', got {self.dataset!r}")
+        number = rhn._is_real  # int or float, not bool (NumPy scalars were made Python numbers above)
+        if not (number(self.transform_bias) and math.isfinite(self.transform_bias)):
             raise ValueError(f"{_label('transform_bias')} must be a finite number, got {self.transform_bias!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
             raise ValueError(f"{_label('data_dir')} must be a folder path or None, got {self.data_dir!r}")
@@ -175,17 +178,17 @@ class Config:
                 raise ValueError(f"{_label(name)} must be a positive integer or unset (None), got {v!r}")
         for name in ("drop_x", "drop_i", "drop_h", "drop_o"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+            if not (number(v) and 0.0 <= v < 1.0):
                 raise ValueError(f"{_label(name)} is a drop probability and must lie in [0, 1), got {v!r}")
         for name, lo in (("lr", 0.0), ("clip", 0.0), ("init_scale", 0.0)):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > lo):
+            if not (number(v) and math.isfinite(v) and v > lo):
                 raise ValueError(f"{_label(name)} must be a finite number > {lo}, got {v!r}")
-        if not (isinstance(self.lr_decay, (int, float)) and math.isfinite(self.lr_decay) and self.lr_decay >= 1.0):
+        if not (number(self.lr_decay) and math.isfinite(self.lr_decay) and self.lr_decay >= 1.0):
             raise ValueError(f"{_label('lr_decay')} divides the learning rate each epoch after max_epoch and must be >= 1, got {self.lr_decay!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
+        if not (number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
             raise ValueError(f"{_label('weight_decay')} must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.time_limit is not None and not self.time_limit > 0:
+        if self.time_limit is not None and not (number(self.time_limit) and self.time_limit > 0):
             raise ValueError(f"{_label('time_limit')} is in minutes and must be > 0, got {self.time_limit!r}")
         if self.lr_schedule not in ("epoch", "cosine"):
             raise ValueError(f"{_label('lr_schedule')} must be 'epoch' (the authors') or 'cosine', got {self.lr_schedule!r}")
@@ -475,8 +478,30 @@ def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, 
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
     part = getattr(ds, split)
     if ds.kind == "piano_roll":
+        if not isinstance(params, dict) or "E" in params or "W_out" not in params:
+            raise ValueError(f"{ds.name} holds piano rolls: it needs a piano-roll model (lm.init_dense_params), "
+                             "not a word/char model")
         return evaluate_sequences(params, part, batch_size=batch_size)
+    V = _vocab_of(params, "evaluate_dataset")
+    if V != ds.vocab_size:
+        raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: evaluate on the data set "
+                         "the model was trained on")
     return evaluate(params, part, batch_size=batch_size, bptt=bptt, level=ds.level, progress=progress)
+
+
+def check_run_data(meta: dict, ds) -> None:
+    """Raise a :class:`RunError` unless ``ds`` is the data set the run of ``meta`` was
+    trained on: the same name and, for word/char data, the same vocabulary in the same
+    order (otherwise the symbol ids would not mean the same)."""
+    d = meta.get("dataset") or {}
+    if d.get("name") is not None and d.get("name") != ds.name:
+        raise RunError(f"the run was trained on {d.get('name')!r}, not {ds.name!r}: a data set given to the Trainer "
+                       "from Python is not stored with the run; score it with train.evaluate_dataset(params, ds, ...)")
+    stored_vocab = d.get("vocab")
+    if ds.kind == "tokens" and stored_vocab is not None and list(ds.vocab) != list(stored_vocab):
+        raise RunError(f"{ds.name} as loaded here ({ds.vocab_size} symbols) does not have the vocabulary the run was "
+                       f"trained with ({len(stored_vocab)} symbols, in its order): the symbol ids would not mean the "
+                       "same; use the run's copy of the data (--data-dir)")
 
 
 def _start_symbol(ds, rng) -> int:
@@ -698,6 +723,11 @@ class Trainer:
     files and starts afresh there. Without it, a ``metrics.jsonl`` or
     ``learning_curve.png`` already in the folder (of a run that saved nothing) is renamed
     to ``metrics.before-<time>.jsonl`` (...) and the new run starts its own.
+
+    ``ds``: a :class:`rhn_np.data.Dataset` to train on instead of ``data.load(cfg.dataset)``
+    (your own data: docs/training.md, "Your own data"); :meth:`resume` then needs it again.
+    ``progress``: a tqdm progress bar. ``out``: where messages go (``print``; with the bar
+    on, ``print`` is replaced by the bar's own ``write`` so the bar stays intact).
     """
 
     _RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "learning_curve.png")
@@ -995,7 +1025,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=None if self.progress else True, unit="step", dynamic_ncols=True,
                    desc=f"{self.ds.name}")
         running = None
-        say = bar.write if self.progress else self.out
+        say = bar.write if self.progress and self.out is print else self.out
         with _DeferredInterrupt() as interrupt:
             try:
                 while self.step < total:

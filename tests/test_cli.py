@@ -105,6 +105,7 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
         (["evaluate", "--work-dir", str(tmp_path / "none")], "no best.npz"),
         (["train", "--resume", "--work-dir", str(tmp_path / "none")], "no checkpoint.npz"),
         (["train", "--dataset", "nope", "--work-dir", str(tmp_path / "x")], "nope"),
+        (["train", "--dataset", "ptbb", "--print-config"], "unknown data set 'ptbb'; known: ptb"),
         (["train", "--work-dir", str(demo_run)], "already holds a run"),
         (["train", "--resume", "--depth", "5", "--work-dir", str(demo_run)], "depth (--depth) was 3 and cannot change"),
         (["train", "--hidden", "0", "--work-dir", str(tmp_path / "y")], "hidden (--hidden) must be a positive integer"),

@@ -598,7 +598,12 @@ def test_config_takes_numpy_scalars_and_refuses_what_would_fail_later():
                         ({"seed": -1}, r"seed \(--seed\) must be an integer >= 0"),
                         ({"transform_bias": math.nan}, "transform_bias.*finite"),
                         ({"weight_decay": math.inf}, "weight_decay.*finite"),
-                        ({"data_dir": 123}, "data_dir.*folder path")]:
+                        ({"data_dir": 123}, "data_dir.*folder path"),
+                        ({"dataset": ""}, r"dataset \(--dataset\) must be a data set name"),
+                        ({"time_limit": "5"}, r"time_limit \(--time-limit\) is in minutes and must be > 0, got '5'"),
+                        ({"time_limit": True}, r"time_limit.*got True"),  # True is not 1 minute
+                        ({"lr": True}, r"lr \(--lr\) must be a finite number > 0.0, got True"),
+                        ({"drop_x": False}, r"drop_x.*got False")]:
         with pytest.raises(ValueError, match=pattern):
             T.Config(**kw).check()
 
@@ -637,3 +642,26 @@ def test_data_that_does_not_fit_the_model_is_refused_before_any_step(tiny, tmp_p
         T.Trainer.resume(tmp_path / "run", overrides={"lrr": 0.1}, ds=tiny)
     with pytest.raises(ValueError, match="decay_steps must be >= 1, got 0"):
         T.lr_at_step(3, 0.1, 0)
+
+
+def test_a_model_is_scored_only_on_its_own_data(tiny, tmp_path):
+    """evaluate_dataset used to score a model on any data whose ids were in range (a word
+    model on characters gave a number); the CLI compares the run's stored data set."""
+    run(tiny_cfg(max_steps=10), tiny, tmp_path / "run").run()
+    params, _, meta = T.load_run(tmp_path / "run")
+    more = dataclasses.replace(tiny, vocab=tiny.vocab + ["x"])
+    with pytest.raises(ValueError, match=r"the model predicts 9 symbols but tiny has 10: evaluate on the data set"):
+        T.evaluate_dataset(params, more, "valid", batch_size=3, bptt=7)
+    with pytest.raises(ValueError, match="needs a piano-roll model"):
+        T.evaluate_dataset(params, TinyRolls(_rolls(3, 0), _rolls(2, 1), _rolls(2, 2)), "valid")
+    T.check_run_data(meta, tiny)  # the run's own data: no error
+    with pytest.raises(T.RunError, match=r"trained on 'tiny', not 'other'.*train.evaluate_dataset"):
+        T.check_run_data(meta, dataclasses.replace(tiny, name="other"))
+    with pytest.raises(T.RunError, match="does not have the vocabulary the run was trained with"):
+        T.check_run_data(meta, dataclasses.replace(tiny, vocab=tiny.vocab[::-1]))
+
+
+def test_messages_go_to_out_when_it_is_given(tiny, tmp_path):
+    said = []
+    T.Trainer(tiny_cfg(max_steps=20, eval_every=10), tmp_path, ds=tiny, progress=True, out=said.append).run()
+    assert sum("valid" in m for m in said) == 2, said  # with the bar on they used to go to stdout
