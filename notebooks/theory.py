@@ -67,10 +67,11 @@ print("fast mode" if FAST else "full mode")
 # eigenvalues. A disc need not contain an eigenvalue; a connected group of $k$ discs
 # that is disjoint from the others contains exactly $k$.
 #
-# Why it matters here: when every disc lies inside the unit circle, every eigenvalue
-# has $|\lambda| < 1$ and products of such Jacobians over many steps shrink
-# (vanishing gradients); a disc that reaches outside allows eigenvalues with
-# $|\lambda| > 1$ (possible explosion).
+# Why it matters here: when every row disc lies inside the unit circle,
+# $|a_{ii}| + r_i < 1$ for every row, i.e. $\|A\|_\infty < 1$. That norm is
+# submultiplicative, so products of such Jacobians over many steps shrink (vanishing
+# gradients), and every eigenvalue has $|\lambda| < 1$. A disc that reaches outside
+# allows eigenvalues with $|\lambda| > 1$ (possible explosion).
 
 # %%
 A_example = np.array(
@@ -375,9 +376,10 @@ show(fig, "08_singular_values_vs_lag")
 # which is not a radius of $A$ (it mixes the row sum of one matrix with the column
 # scaling of the other; with $H'_{ji}$, $C'_{ji}$, $T'_{ji}$ in place of $H'_{ij}$,
 # $C'_{ij}$, $T'_{ij}$ it would be the correct *column* radius). The two agree when
-# $t$, $h$ and $y$ each take the same value in every unit, and differ
-# otherwise. `theory.eq14_printed_radii` computes the printed expression;
-# `theory.gersgorin_discs` computes radii from the actual matrix.
+# $t$, $h$ and $y$ are each uniform across units (for a coupled layer, where
+# $C' = -T'$, uniform $t$ and $h - y$ suffice); otherwise they generally differ.
+# `theory.eq14_printed_radii` computes the printed expression; `theory.gersgorin_discs`
+# computes radii from the actual matrix.
 
 # %%
 rng = np.random.default_rng(0)

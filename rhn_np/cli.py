@@ -154,6 +154,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
+    T.check_run_data(meta, data._canonical_name(cfg.dataset))  # before loading (or downloading) anything
     ds = data.load(cfg.dataset, root=args.data_dir or cfg.data_dir)
     T.check_run_data(meta, ds)
     batch = 1 if args.batch_1 else (cfg.eval_batch_size if args.batch_size is None else args.batch_size)

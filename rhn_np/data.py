@@ -504,8 +504,9 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     key = _canonical_name(name)
     if sha256 is not None and (key in ("pydoc", "ptb-char") or root is not None):
         why = {"pydoc": "pydoc is built on this machine, not downloaded",
-               "ptb-char": "ptb-char is derived from the ptb word files: load('ptb', sha256=...) first, then "
-                           "load('ptb-char')"}.get(key, "files under root are used as they are, never checked")
+               "ptb-char": "ptb-char is built from, and checked against, the registry's ptb word files; for "
+                           "another copy, write data.ptb_words_to_chars of its files to a folder and load that "
+                           "with root="}.get(key, "files under root are used as they are, never checked")
         raise ValueError(f"sha256 checks downloads; {why}")
     if key == "pydoc":
         return _load_pydoc()
@@ -521,8 +522,8 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
         # the cache is checked against the digests its downloads were checked against
         digests = {f: overrides.get(f, entry.get("sha256")) for f, entry in spec["files"].items()}
         for f, entry in spec["files"].items():
-            if entry.get("member"):  # an extracted member is checked only against the registry's zip
-                digests[entry["member"]] = entry.get("member_sha256") if f not in overrides else None
+            if entry.get("member"):  # an extracted member: always the registry's digest of it
+                digests[entry["member"]] = entry.get("member_sha256")
     return _LOADERS[key](key, spec, paths, digests)
 
 
@@ -617,6 +618,8 @@ def _locate_in_cache(key, spec, download, overrides) -> dict:
             path = folder / filename
             try:
                 _download(entry["url"], path, overrides.get(filename, entry.get("sha256")))
+            except DataNotFoundError:
+                raise  # already says what happened (a transfer cut short)
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 raise DataNotFoundError(
                     _not_found_message(key, spec, [folder], reason=f"downloading {entry['url']} failed: {exc}")
@@ -737,7 +740,7 @@ def _download(url: str, dest, sha256: str | None, *, timeout: float = DOWNLOAD_T
             if length and length.isdigit() and received != int(length):
                 raise DataNotFoundError(
                     f"download of {dest.name} from {url} was cut short: {received:,} of {int(length):,} bytes "
-                    "arrived; the partial file was deleted. Load again to retry.")
+                    "arrived; the partial file was deleted. Load again to retry")
             actual = h.hexdigest()
             if sha256 is not None and actual != sha256.lower():
                 raise ChecksumError(

@@ -492,16 +492,19 @@ def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, 
 def check_run_data(meta: dict, ds) -> None:
     """Raise a :class:`RunError` unless ``ds`` is the data set the run of ``meta`` was
     trained on: the same name and, for word/char data, the same vocabulary in the same
-    order (otherwise the symbol ids would not mean the same)."""
+    order (otherwise the symbol ids would not mean the same). ``ds`` may also be just a
+    data set name (then only the name is compared, before anything is loaded)."""
     d = meta.get("dataset") or {}
-    if d.get("name") is not None and d.get("name") != ds.name:
-        raise RunError(f"the run was trained on {d.get('name')!r}, not {ds.name!r}: a data set given to the Trainer "
+    name = ds if isinstance(ds, str) else ds.name
+    if d.get("name") is not None and d.get("name") != name:
+        raise RunError(f"the run was trained on {d.get('name')!r}, not {name!r}: a data set given to the Trainer "
                        "from Python is not stored with the run; score it with train.evaluate_dataset(params, ds, ...)")
     stored_vocab = d.get("vocab")
-    if ds.kind == "tokens" and stored_vocab is not None and list(ds.vocab) != list(stored_vocab):
+    if not isinstance(ds, str) and ds.kind == "tokens" and stored_vocab is not None and list(ds.vocab) != list(stored_vocab):
         raise RunError(f"{ds.name} as loaded here ({ds.vocab_size} symbols) does not have the vocabulary the run was "
                        f"trained with ({len(stored_vocab)} symbols, in its order): the symbol ids would not mean the "
-                       "same; use the run's copy of the data (--data-dir)")
+                       "same (is --data-dir the run's copy of the data? pydoc's vocabulary depends on the Python "
+                       "version that built it)")
 
 
 def _start_symbol(ds, rng) -> int:

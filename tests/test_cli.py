@@ -147,6 +147,25 @@ def test_errors_are_one_clear_line(tmp_path, demo_run, capsys):
     assert "Resuming needs it (the optimiser's state is only there)" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_a_run_of_other_data_before_loading_any(tmp_path, monkeypatch, capsys):
+    """A run trained on a data set given from Python stores only its name and vocabulary;
+    rhn-np evaluate said nothing and scored the config's data set (here ptb, which it
+    would first have tried to download)."""
+    import urllib.request
+
+    from rhn_np import data
+
+    ids = np.arange(400, dtype=np.int32) % 5
+    ds = data.Dataset(name="mine", kind="tokens", level="char", vocab=list("abcde"), train=ids[:300],
+                      valid=ids[300:350], test=ids[350:])
+    cfg = T.config_from_preset("demo", dataset="ptb", depth=1, hidden=8, batch_size=2, bptt=5, max_steps=3,
+                               eval_every=3, eval_batch_size=2)
+    T.Trainer(cfg, tmp_path / "run", ds=ds, progress=False, out=lambda *a: None).run()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("evaluate tried to download"))
+    assert cli.main(["evaluate", "--work-dir", str(tmp_path / "run"), "--quiet"]) == 1
+    assert "the run was trained on 'mine', not 'ptb'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "--work-dir", "w", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
     (["sample", "--work-dir", "w", "--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),

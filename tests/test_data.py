@@ -336,8 +336,9 @@ def test_a_cut_transfer_is_refused_and_leaves_nothing(server, cache, monkeypatch
                sha256=sha256(body) if digest_known else None)
     monkeypatch.setenv(data.ALLOW_UNVERIFIED_ENV, "1")
     with pytest.raises(data.DataNotFoundError, match=rf"was cut short: 40 of {len(body)} bytes arrived; the partial "
-                                                     "file was deleted"):
+                                                     "file was deleted") as info:
         data.load("jsb")
+    assert "files not found" not in str(info.value)  # said as it is, not wrapped in a not-found message
     assert all_files(cache) == []
 
 
@@ -354,9 +355,19 @@ def test_a_sha256_override_also_checks_the_cached_file(server, cache, monkeypatc
         data.load("jsb")  # without the override the registry's digest applies
 
 
+def test_an_extracted_member_is_checked_against_the_registry_whatever_the_override(cache):
+    """The override is for the zip download; an extracted text8 in the cache is still
+    the registry's member (an override used to switch its check off)."""
+    (cache / "text8").mkdir(parents=True)
+    (cache / "text8" / "text8").write_bytes(text8_bytes())
+    for kwargs in ({}, {"sha256": "0" * 64}):
+        with pytest.raises(data.ChecksumError, match="text8 has SHA-256"):
+            data.load("text8", download=False, **kwargs)
+
+
 @pytest.mark.parametrize("name, kwargs, why", [
     ("pydoc", {}, "pydoc is built on this machine"),
-    ("ptb-char", {}, r"ptb-char is derived from the ptb word files: load\('ptb', sha256=...\) first"),
+    ("ptb-char", {}, r"ptb-char is built from, and checked against, the registry's ptb word files"),
     ("jsb", {"root": "."}, "files under root are used as they are"),
 ])
 def test_sha256_where_nothing_is_downloaded_is_refused(name, kwargs, why):
