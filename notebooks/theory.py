@@ -350,7 +350,7 @@ show(fig, "07_norm_vs_lag")
 # %% [markdown]
 # The norm is only the largest singular value. All singular values of
 # $\partial s_T/\partial s_{T-k}$ (one sequence; bold: largest and smallest; values below
-# $10^{-15}\sigma_{\max}$ are float64 round-off and are drawn flat at that level) show the
+# $10^{-15}\sigma_{\max}$, the grey dash-dot line, are float64 round-off and are left out) show the
 # difference in kind: the plain RNN's directions spread over many orders of magnitude
 # (a few grow while most vanish), while at initialisation the RHN shrinks all
 # directions together at the rate set by its gates.

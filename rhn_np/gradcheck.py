@@ -47,11 +47,21 @@ def rel_error(x, y, tiny=1e-300):
     return float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(x) + np.abs(y))), tiny))
 
 
+def _check_float64(name, a):
+    """Every numerical check runs on float64 host arrays (the module docstring says why)."""
+    if not isinstance(a, np.ndarray):
+        kind = _backend.name_of(a)
+        kind = f"{kind} array" if kind in ("cupy", "array_api_strict") else kind
+        raise TypeError(f"{name} must be a float64 NumPy array, got a {kind}: move it to the host with "
+                        f"rhn_np.backend.to_host({name}) (or np.asarray) and cast with .astype(np.float64)")
+    if a.dtype != np.float64:
+        why = ("an integer array would round every x ± h" if not np.issubdtype(a.dtype, np.floating)
+               else f"{a.dtype} round-off swamps central differences")
+        raise TypeError(f"{name} must be a float64 NumPy array, got {a.dtype} ({why}): use {name}.astype(np.float64)")
+
+
 def _check_perturbable(x):
-    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
-        kind = f"{x.dtype} array" if isinstance(x, np.ndarray) else type(x).__name__
-        raise TypeError(f"x must be a NumPy float array (float64 for meaningful results), perturbed in place; got a "
-                        f"{kind}: an integer x would round every x ± h, use x.astype(np.float64)")
+    _check_float64("x", x)  # perturbed in place, so it must be the caller's float64 array
 
 
 def numerical_gradient(f, x, df=None, h=1e-5):
@@ -62,7 +72,7 @@ def numerical_gradient(f, x, df=None, h=1e-5):
     f : callable, ``f(x) -> array or scalar``. It is called with ``x`` itself, which
         is changed in place one entry at a time (and restored), so ``f`` may also
         ignore its argument and read ``x`` through a closure (the CS231n idiom).
-    x : NumPy array (float64 for meaningful results), perturbed in place.
+    x : float64 NumPy array, perturbed in place (float32 is refused: see the module docstring).
     df : array shaped like ``f(x)``, the upstream gradient; ``None`` means ones,
         i.e. the gradient of ``sum(f(x))``.
     h : the step.
@@ -100,6 +110,8 @@ def directional_check(f, x, grad, h=1e-5, seed=0):
     rel_error : float, ``|⟨grad, v⟩ - numeric| / (|⟨grad, v⟩| + |numeric|)``.
     """
     _check_perturbable(x)
+    if tuple(np.shape(grad)) != x.shape:
+        raise ValueError(f"grad has shape {tuple(np.shape(grad))}, x {x.shape}: one gradient entry per entry of x")
     v = np.random.default_rng(seed).standard_normal(x.shape)
     v /= np.linalg.norm(v)
     old = x.copy()
@@ -156,8 +168,8 @@ def check_rhn(params, xs, s0, dys, masks=None, ds_last=None, *, impl="reference"
         raise ValueError("check_rhn checks the RHN layer alone: pass its parameters (rhn.init_params), not a whole "
                          "language model's; for those, compare lm_loss_and_grads with numerical_gradient")
     arrays = {**params, "xs": xs, "s0": s0}
-    if any(not isinstance(a, np.ndarray) or a.dtype != np.float64 for a in arrays.values()):
-        raise TypeError("check_rhn needs float64 NumPy arrays: float32 round-off swamps central differences")
+    for name, a in arrays.items():
+        _check_float64(name if name in ("xs", "s0") else f"params[{name!r}]", a)
     ys, cache = rhn.forward(params, xs, s0, masks, impl=impl)
     grads, dxs, ds0 = rhn.backward(params, cache, dys, ds_last)
     analytic = {**grads, "xs": dxs, "s0": ds0}

@@ -242,7 +242,7 @@ class Adam(_Optimizer):
             if not 0.0 <= _check_number(h, v) < 1.0:
                 raise ValueError(f"{h} must lie in [0, 1), got {v!r}")
         self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.eps = _check_number("eps", eps)
+        self.eps = _check_number("eps", eps, strict=True)  # > 0: a zero gradient would divide 0 by 0
         self.m: dict = {}  # first moments, like params
         self.v: dict = {}  # second moments
         self._pending = None  # host moments from load_state_dict, moved at the next step
@@ -264,6 +264,11 @@ class Adam(_Optimizer):
         """One Adam update of every parameter, in place. Returns ``params``."""
         _check_same_keys(grads, params)
         m, v = self._moments(params)
+        try:  # before anything changes: a failed step leaves params and moments as they were
+            _check_same_keys(m, params, "Adam's moments")
+        except (KeyError, ValueError) as exc:
+            raise type(exc)(f"{exc.args[0]}: an Adam instance follows the one params dict it first stepped; "
+                            "make a new Adam for another model") from None
         xp = _backend.namespace(*params.values())
         self.t += 1
         b1, b2 = self.beta1, self.beta2
@@ -320,4 +325,7 @@ def lr_at_epoch(epoch, lr, max_epoch, lr_decay):
     max_epoch = _positive_int("max_epoch", max_epoch)
     lr = _check_number("lr", lr)
     lr_decay = _check_number("lr_decay", lr_decay, minimum=1.0)  # >= 1: the rate never grows
-    return lr / lr_decay ** max(epoch - max_epoch + 1, 0)
+    try:
+        return lr / lr_decay ** max(epoch - max_epoch + 1, 0)
+    except OverflowError:  # lr_decay ** epochs beyond a float: the rate has decayed to nothing
+        return 0.0

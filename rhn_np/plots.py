@@ -117,9 +117,9 @@ def plot_discs(
     """
     import matplotlib.patches as mpatches
 
-    Mh = _host(M).astype(np.float64)
-    if Mh.ndim != 2:
-        raise ValueError(f"plot_discs draws one matrix (n, n); got shape {Mh.shape} (index a batch row first)")
+    Mh = theory._host_matrix(M)  # float64, or complex128 for a complex M
+    if Mh.ndim != 2 or Mh.shape[0] < 1:
+        raise ValueError(f"plot_discs draws one matrix (n, n), n >= 1; got shape {Mh.shape} (index a batch row first)")
     ax = _axes(ax)
     centres, r = theory.gersgorin_discs(Mh, axis=axis)
     if radii is not None:
@@ -127,19 +127,22 @@ def plot_discs(
         if r.shape != centres.shape:
             raise ValueError(f"radii must be one per disc, shape {centres.shape}, got {r.shape} (for a batch of "
                              "radii, e.g. theory.eq14_printed_radii(...), pass one row: radii[b])")
-    label = label or f"{axis[:-1]} discs"
+        if not np.all(r >= 0):
+            raise ValueError(f"radii must be >= 0 (and not NaN), got {r}")
+    label = label or (f"{axis[:-1]} discs" if radii is None else "discs (given radii)")
     n = len(centres)
     fill_alpha = min(0.15, 2.0 / n) if fill_alpha is None else fill_alpha
     edge_alpha = min(0.85, 0.15 + 4.0 / n)
     for i, (c, rad) in enumerate(zip(centres, r)):
-        ax.add_patch(mpatches.Circle((c, 0.0), rad, facecolor=color, alpha=fill_alpha, edgecolor="none", zorder=2))
+        xy = (float(np.real(c)), float(np.imag(c)))
+        ax.add_patch(mpatches.Circle(xy, rad, facecolor=color, alpha=fill_alpha, edgecolor="none", zorder=2))
         ax.add_patch(
             mpatches.Circle(
-                (c, 0.0), rad, facecolor="none", edgecolor=color, lw=1.2, alpha=edge_alpha, zorder=3,
+                xy, rad, facecolor="none", edgecolor=color, lw=1.2, alpha=edge_alpha, zorder=3,
                 label=label if i == 0 else None,
             )
         )
-    ax.plot(centres, np.zeros_like(centres), "o", color=color, ms=4, zorder=4)
+    ax.plot(np.real(centres), np.imag(centres), "o", color=color, ms=4, zorder=4)
     if eigenvalues:
         lam = theory.spectrum(Mh)
         has = any(ln.get_label() == "eigenvalues" for ln in ax.lines)
@@ -192,7 +195,7 @@ def plot_spectrum_sweep(
     spectra : K arrays of eigenvalues (any shape each; from :func:`rhn_np.theory.spectrum`)
     """
     ax = _axes(ax, figsize=(8, 5.5))
-    values = list(values)
+    values, spectra = _sweep(values, spectra)
     rho = []
     for v, lam in zip(values, spectra):
         mod = np.abs(np.ravel(_host(lam)))
@@ -214,13 +217,23 @@ def plot_spectrum_sweep(
     return ax
 
 
+def _sweep(values, spectra):
+    """Swept values as host floats (any backend) and the spectra as a list, one per value."""
+    values = np.asarray(_host(values) if hasattr(values, "shape") else [float(_host(v)) for v in values], dtype=float)
+    spectra = list(spectra)
+    if values.ndim != 1 or len(values) != len(spectra) or len(spectra) == 0:
+        raise ValueError(f"values and spectra must pair up, one spectrum per swept value: got {values.shape} values "
+                         f"and {len(spectra)} spectra")
+    return values, spectra
+
+
 def plot_eigenvalue_paths(values, spectra, ax=None, *, cmap="viridis", colorbar_label="parameter", title=None, unit_circle=True):
     """Eigenvalues in the complex plane, coloured by the swept parameter (with a colour bar)."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
     ax = _axes(ax)
-    values = np.asarray(list(values), dtype=float)
+    values, spectra = _sweep(values, spectra)
     norm = Normalize(values.min(), values.max())
     cm = plt.get_cmap(cmap)
     for v, lam in zip(values, spectra):
@@ -273,8 +286,9 @@ def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=No
     """All singular values of ``∂s_T/∂s_{T−k}`` against k (one sequence): thin lines,
     the largest and smallest bold. ``sv`` (K, n) from :func:`rhn_np.theory.singular_values`.
 
-    Values below ``floor · σ_max`` are float64 round-off, not signal; they are
-    clipped to that level (drawn flat) so that the plot does not show noise.
+    Values below ``floor · σ_max`` (at the same k) are float64 round-off, not signal;
+    they are not drawn (that level is the grey dash-dot line), so that the plot does
+    not show noise as decay.
     """
     ax = _axes(ax, figsize=(8, 5.5))
     sv = _host(sv)
@@ -282,8 +296,10 @@ def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=No
         hint = " (one sequence: pass sv[:, b] for sequence b of a batch)" if sv.ndim == 3 else ""
         raise ValueError(f"sv must be the singular values of one sequence, shape (K, n) with K, n >= 1, "
                          f"got shape {sv.shape}{hint}")
-    sv = np.maximum(sv, floor * sv[:, :1])
+    level = floor * sv[:, 0]
+    sv = np.where(sv >= level[:, None], sv, np.nan)  # round-off: left out, not drawn at a made-up value
     k = np.arange(1, sv.shape[0] + 1)
+    ax.plot(k, level, color="0.55", lw=1.2, ls="-.", zorder=1, label=f"{floor:g}·σ_max: below is round-off")
     ax.plot(k, sv, color=color, lw=0.6, alpha=0.35)
     ax.plot(k, sv[:, 0], color=color, lw=2.4, label=(label + ": " if label else "") + "σ_max")
     ax.plot(k, sv[:, -1], color=color, lw=2.4, ls=":", label=(label + ": " if label else "") + "σ_min")
@@ -306,12 +322,18 @@ def save_figure(fig, name, figdir=None):
         hint = " (an Axes: pass ax.figure)" if hasattr(fig, "figure") else ""
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}{hint}")
     figdir = figdir or os.environ.get("RHN_FIGDIR")
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"name must be a file name without folder or extension, e.g. '01_discs', got {name!r}")
+    name = name[:-4] if name.lower().endswith(".png") else name
     if not figdir:
         return None
     os.makedirs(figdir, exist_ok=True)
     path = os.path.join(figdir, f"{name}.png")
     fig.savefig(path, dpi=130, bbox_inches="tight")
     return path
+
+
+_NON_INTERACTIVE = ("agg", "pdf", "ps", "svg", "pgf", "cairo", "template")  # QtAgg, nbAgg, ipympl do display
 
 
 def show(fig, name, figdir=None):
@@ -323,7 +345,7 @@ def show(fig, name, figdir=None):
     path = save_figure(fig, name, figdir)
     if path:
         print("saved", path)
-    if "agg" in matplotlib.get_backend().lower():  # a plain script: nothing to display
+    if matplotlib.get_backend().lower() in _NON_INTERACTIVE:  # a plain script: nothing to display
         plt.close(fig)
     else:
         plt.show()

@@ -469,7 +469,8 @@ def gersgorin_discs(M, axis="rows"):
     n = M.shape[-1]
     eye = xp.eye(n, dtype=M.dtype, device=_backend.device_of(M))
     centres = xp.sum(M * eye, axis=-1)
-    off = xp.abs(M) * (1.0 - eye)
+    absM = xp.abs(M)  # real also for a complex M, and so are the radii
+    off = absM * (1.0 - xp.eye(n, dtype=absM.dtype, device=_backend.device_of(M)))
     radii = xp.sum(off, axis=-1 if axis == "rows" else -2)
     return centres, radii
 

@@ -515,3 +515,68 @@ def test_plot_helpers_draw_and_save(tmp_path, monkeypatch):
     path = plots.save_figure(fig, "discs")
     assert path.endswith("discs.png") and (tmp_path / "figs" / "discs.png").stat().st_size > 1000
     plt.close("all")
+
+
+def test_plot_mistakes_found_by_a_lecturer(tmp_path, monkeypatch):
+    """Each of these used to draw a wrong figure, write a wrong file, or hide the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rhn_np import plots
+
+    M = np.array([[0.5, 0.2], [-0.1, -0.3]])
+    three = [theory.spectrum(M * s) for s in (1, 2, 3)]
+    fig, ax = plt.subplots()
+    for plot in (plots.plot_spectrum_sweep, plots.plot_eigenvalue_paths):
+        with pytest.raises(ValueError, match=r"one spectrum per swept value: got \(2,\) values and 3 spectra"):
+            plot([0, 1], three, ax)  # zip dropped the third spectrum / mis-coloured the points
+    strict = backend.get("array_api_strict")
+    plots.plot_spectrum_sweep(strict.to_device(np.array([1.0, 2.0, 3.0])), three, ax)  # values on a device
+    # Complex matrices keep their discs off the real axis; negative radii are refused.
+    Z = np.array([[1j, 0.1], [0.1, 2.0]])
+    ax2 = plots.plot_discs(Z, plt.figure().gca())
+    assert ax2.patches[0].center == (0.0, 1.0)
+    with pytest.raises(ValueError, match="radii must be >= 0"):
+        plots.plot_discs(M, ax, radii=np.array([0.1, -0.1]))
+    assert plots.plot_discs(M, plt.figure().gca(), radii=np.array([0.1, 0.1])).patches[1].get_label() == \
+        "discs (given radii)"
+    # Round-off singular values are left out, not drawn at a made-up level.
+    ax3 = plots.plot_singular_values_vs_lag(np.array([[1.0, 1e-20], [1.0, 1e-3]]), plt.figure().gca())
+    sigma_min = next(ln for ln in ax3.lines if ln.get_label() == "σ_min")
+    assert np.isnan(sigma_min.get_ydata()[0]) and sigma_min.get_ydata()[1] == 1e-3
+    # File names: no folders, no doubled extension.
+    monkeypatch.setenv("RHN_FIGDIR", str(tmp_path))
+    for bad in ("../escape", "/tmp/x", "sub/x", "", None, 3):
+        with pytest.raises(ValueError, match="name must be a file name without folder or extension"):
+            plots.save_figure(fig, bad)
+    assert plots.save_figure(fig, "y.png") == str(tmp_path / "y.png")
+    # show() displays on interactive Agg-based backends (QtAgg, ipympl), closes only on plain Agg.
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    monkeypatch.delenv("RHN_FIGDIR")
+    for name, displayed in (("QtAgg", True), ("module://ipympl.backend_nbagg", True), ("agg", False)):
+        monkeypatch.setattr(matplotlib, "get_backend", lambda name=name: name)
+        shown.clear()
+        plots.show(plt.figure(), "f")
+        assert bool(shown) == displayed, name
+    plt.close("all")
+
+
+def test_adam_checks_the_params_before_changing_anything():
+    from rhn_np import optim
+
+    opt = optim.Adam(0.1)
+    p = {"a": np.ones(3), "b": np.ones(2)}
+    opt.step(p, {k: np.ones_like(v) for k, v in p.items()})
+    before = {k: v.copy() for k, v in opt.m.items()}
+    q = {"a": np.ones(4), "b": np.ones(2)}
+    with pytest.raises(ValueError, match=r"Adam's moments\['a'\] has shape \(3,\), params\['a'\] \(4,\).*make a new Adam"):
+        opt.step(q, {k: np.ones_like(v) for k, v in q.items()})
+    with pytest.raises(KeyError, match="differ in \\['b'\\]"):
+        opt.step({"a": np.ones(3)}, {"a": np.ones(3)})
+    assert opt.t == 1 and all(np.array_equal(opt.m[k], before[k]) for k in before)  # nothing was changed
+    with pytest.raises(ValueError, match="eps must be a finite number > 0.0"):
+        optim.Adam(eps=0)
+    assert optim.lr_at_epoch(10**6, 0.2, 1, 1.5) == 0.0  # decayed to nothing, not an OverflowError
