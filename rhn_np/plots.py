@@ -241,9 +241,11 @@ def plot_eigenvalue_paths(values, spectra, ax=None, *, cmap="viridis", colorbar_
         ax.scatter(lam.real, lam.imag, s=26, color=cm(norm(v)), alpha=0.85, zorder=3, edgecolors="none")
     if unit_circle:
         _unit_circle(ax)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)
-    cb = ax.figure.colorbar(sm, ax=ax, shrink=0.85)
-    cb.set_label(colorbar_label)
+    if not getattr(ax, "_rhn_colorbar", False):  # one colour bar per axes, however many sweeps are drawn
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)
+        cb = ax.figure.colorbar(sm, ax=ax, shrink=0.85)
+        cb.set_label(colorbar_label)
+        ax._rhn_colorbar = True
     ax.set_aspect("equal", adjustable="datalim")
     ax.autoscale_view()
     ax.set_xlabel("Re λ")
@@ -259,6 +261,10 @@ def plot_norm_vs_lag(curves, ax=None, *, title=None, ylabel=r"$\|\partial s_T / 
     curves : dict label -> norms, (K,) or (K, B) (from :func:`rhn_np.theory.lag_norms`);
         with a batch axis the median is drawn and the min-max range shaded.
     """
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError("curves must be a non-empty dict label -> norms (theory.lag_norms output)")
+    if colors is not None and len(colors) < len(curves):
+        raise ValueError(f"colors has {len(colors)} entries for {len(curves)} curves: give one colour per curve")
     ax = _axes(ax, figsize=(9, 5.5))
     for i, (label, norms) in enumerate(curves.items()):
         color = colors[i] if colors else f"C{i}"

@@ -265,7 +265,11 @@ def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05
     ``lr`` at step 0, ``lr · r`` from step ``D = decay_steps`` on.
     """
     decay_steps = lm._check_int("decay_steps", decay_steps)
-    frac = min(max(int(step), 0), decay_steps) / decay_steps
+    step = rhn._positive_int("step", step, minimum=0)
+    lr = optim._check_number("lr", lr)
+    if not 0.0 <= optim._check_number("final_ratio", final_ratio) <= 1.0:
+        raise ValueError(f"final_ratio is the fraction of lr left at the end and must lie in [0, 1], got {final_ratio!r}")
+    frac = min(step, decay_steps) / decay_steps
     return lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 

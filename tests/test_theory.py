@@ -546,6 +546,14 @@ def test_plot_mistakes_found_by_a_lecturer(tmp_path, monkeypatch):
     ax3 = plots.plot_singular_values_vs_lag(np.array([[1.0, 1e-20], [1.0, 1e-3]]), plt.figure().gca())
     sigma_min = next(ln for ln in ax3.lines if ln.get_label() == "σ_min")
     assert np.isnan(sigma_min.get_ydata()[0]) and sigma_min.get_ydata()[1] == 1e-3
+    ax4 = plt.figure().gca()
+    plots.plot_eigenvalue_paths([1, 2, 3], three, ax4)
+    plots.plot_eigenvalue_paths([1, 2, 3], three, ax4)
+    assert len(ax4.figure.axes) == 2  # the plot and one colour bar, not one per call
+    with pytest.raises(ValueError, match="colors has 1 entries for 2 curves"):
+        plots.plot_norm_vs_lag({"a": np.ones(3), "b": np.ones(3)}, ax, colors=["C0"])
+    with pytest.raises(ValueError, match="curves must be a non-empty dict"):
+        plots.plot_norm_vs_lag({}, ax)
     # File names: no folders, no doubled extension.
     monkeypatch.setenv("RHN_FIGDIR", str(tmp_path))
     for bad in ("../escape", "/tmp/x", "sub/x", "", None, 3):

@@ -642,6 +642,14 @@ def test_data_that_does_not_fit_the_model_is_refused_before_any_step(tiny, tmp_p
         T.Trainer.resume(tmp_path / "run", overrides={"lrr": 0.1}, ds=tiny)
     with pytest.raises(ValueError, match="decay_steps must be >= 1, got 0"):
         T.lr_at_step(3, 0.1, 0)
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        T.lr_at_step(-1, 0.1, 10)  # used to be clamped to 0 without a word
+    with pytest.raises(TypeError, match="step must be an integer, got float"):
+        T.lr_at_step(2.5, 0.1, 10)  # used to be truncated
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0.0, got -0.1"):
+        T.lr_at_step(1, -0.1, 10)
+    with pytest.raises(ValueError, match="final_ratio is the fraction of lr left at the end"):
+        T.lr_at_step(1, 0.1, 10, final_ratio=1.5)
 
 
 def test_a_model_is_scored_only_on_its_own_data(tiny, tmp_path):
