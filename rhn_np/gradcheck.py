@@ -49,14 +49,18 @@ def rel_error(x, y, tiny=1e-300):
 
 def _check_float64(name, a):
     """Every numerical check runs on float64 host arrays (the module docstring says why)."""
+    if isinstance(a, np.generic):
+        raise TypeError(f"{name} must be a float64 NumPy array, got a NumPy scalar ({a.dtype}): use "
+                        f"np.array({name}, dtype=np.float64)")
     if not isinstance(a, np.ndarray):
         kind = _backend.name_of(a)
         kind = f"{kind} array" if kind in ("cupy", "array_api_strict") else kind
-        raise TypeError(f"{name} must be a float64 NumPy array, got a {kind}: move it to the host with "
+        raise TypeError(f"{name} must be a float64 NumPy array, got: {kind}. Move it to the host with "
                         f"rhn_np.backend.to_host({name}) (or np.asarray) and cast with .astype(np.float64)")
     if a.dtype != np.float64:
         why = ("an integer array would round every x ± h" if not np.issubdtype(a.dtype, np.floating)
-               else f"{a.dtype} round-off swamps central differences")
+               else f"{a.dtype} round-off swamps central differences" if a.itemsize < 8
+               else "the checks are written and calibrated for float64")
         raise TypeError(f"{name} must be a float64 NumPy array, got {a.dtype} ({why}): use {name}.astype(np.float64)")
 
 

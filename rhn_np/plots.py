@@ -241,11 +241,9 @@ def plot_eigenvalue_paths(values, spectra, ax=None, *, cmap="viridis", colorbar_
         ax.scatter(lam.real, lam.imag, s=26, color=cm(norm(v)), alpha=0.85, zorder=3, edgecolors="none")
     if unit_circle:
         _unit_circle(ax)
-    if not getattr(ax, "_rhn_colorbar", False):  # one colour bar per axes, however many sweeps are drawn
-        sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)
-        cb = ax.figure.colorbar(sm, ax=ax, shrink=0.85)
-        cb.set_label(colorbar_label)
-        ax._rhn_colorbar = True
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)  # each sweep gets the colour bar of its own range
+    cb = ax.figure.colorbar(sm, ax=ax, shrink=0.85)
+    cb.set_label(colorbar_label)
     ax.set_aspect("equal", adjustable="datalim")
     ax.autoscale_view()
     ax.set_xlabel("Re λ")
@@ -263,6 +261,7 @@ def plot_norm_vs_lag(curves, ax=None, *, title=None, ylabel=r"$\|\partial s_T / 
     """
     if not isinstance(curves, dict) or not curves:
         raise ValueError("curves must be a non-empty dict label -> norms (theory.lag_norms output)")
+    colors = list(colors) if colors else None  # None or empty: the default colour cycle
     if colors is not None and len(colors) < len(curves):
         raise ValueError(f"colors has {len(colors)} entries for {len(curves)} curves: give one colour per curve")
     ax = _axes(ax, figsize=(9, 5.5))
@@ -293,8 +292,8 @@ def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=No
     the largest and smallest bold. ``sv`` (K, n) from :func:`rhn_np.theory.singular_values`.
 
     Values below ``floor · σ_max`` (at the same k) are float64 round-off, not signal;
-    they are not drawn (that level is the grey dash-dot line), so that the plot does
-    not show noise as decay.
+    they are not drawn (that level is then shown as a grey dash-dot line), so that the
+    plot does not show noise as decay.
     """
     ax = _axes(ax, figsize=(8, 5.5))
     sv = _host(sv)
@@ -303,9 +302,12 @@ def plot_singular_values_vs_lag(sv, ax=None, *, color="C0", label=None, title=No
         raise ValueError(f"sv must be the singular values of one sequence, shape (K, n) with K, n >= 1, "
                          f"got shape {sv.shape}{hint}")
     level = floor * sv[:, 0]
-    sv = np.where(sv >= level[:, None], sv, np.nan)  # round-off: left out, not drawn at a made-up value
+    kept = (sv >= level[:, None]) & (sv > 0)
     k = np.arange(1, sv.shape[0] + 1)
-    ax.plot(k, level, color="0.55", lw=1.2, ls="-.", zorder=1, label=f"{floor:g}·σ_max: below is round-off")
+    if not np.all(kept):  # round-off: left out, not drawn at a made-up value; the level shown instead
+        sv = np.where(kept, sv, np.nan)
+        ax.plot(k, np.where(level > 0, level, np.nan), color="0.55", lw=1.2, ls="-.", zorder=1,
+                label=f"{floor:g}·σ_max: below is round-off")
     ax.plot(k, sv, color=color, lw=0.6, alpha=0.35)
     ax.plot(k, sv[:, 0], color=color, lw=2.4, label=(label + ": " if label else "") + "σ_max")
     ax.plot(k, sv[:, -1], color=color, lw=2.4, ls=":", label=(label + ": " if label else "") + "σ_min")
@@ -328,14 +330,15 @@ def save_figure(fig, name, figdir=None):
         hint = " (an Axes: pass ax.figure)" if hasattr(fig, "figure") else ""
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}{hint}")
     figdir = figdir or os.environ.get("RHN_FIGDIR")
-    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
+    stem = name[:-4] if isinstance(name, str) and name.lower().endswith(".png") else name
+    if not isinstance(stem, str) or not stem.strip(".") or any(c in stem for c in "/\\:"):
         raise ValueError(f"name must be a file name without folder or extension, e.g. '01_discs', got {name!r}")
-    name = name[:-4] if name.lower().endswith(".png") else name
+    name = stem
     if not figdir:
         return None
     os.makedirs(figdir, exist_ok=True)
     path = os.path.join(figdir, f"{name}.png")
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=130, bbox_inches="tight", format="png")
     return path
 
 
@@ -351,7 +354,8 @@ def show(fig, name, figdir=None):
     path = save_figure(fig, name, figdir)
     if path:
         print("saved", path)
-    if matplotlib.get_backend().lower() in _NON_INTERACTIVE:  # a plain script: nothing to display
+    backend = matplotlib.get_backend().lower().removeprefix("module://matplotlib.backends.backend_")
+    if backend in _NON_INTERACTIVE:  # a plain script: nothing to display
         plt.close(fig)
     else:
         plt.show()

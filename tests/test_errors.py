@@ -368,13 +368,15 @@ def test_gradient_checks_refuse_integer_inputs_and_different_shapes():
     # float32 gave 2.0027 for d(sum x^2)/dx = 2 and a near-threshold 8e-4 on a correct gradient
     with pytest.raises(TypeError, match=r"got float32 \(float32 round-off swamps central differences\)"):
         gradcheck.numerical_gradient(lambda v: np.sum(v**2), np.ones(3, np.float32))
-    with pytest.raises(TypeError, match=r"got a list: move it to the host"):
+    with pytest.raises(TypeError, match=r"got: list. Move it to the host"):
         gradcheck.numerical_gradient(lambda v: np.sum(v), [1.0, 2.0])
+    with pytest.raises(TypeError, match=r"got a NumPy scalar \(float64\): use np.array\(x, dtype=np.float64\)"):
+        gradcheck.numerical_gradient(lambda v: v * v, np.float64(3.0))
     with pytest.raises(ValueError, match=r"grad has shape \(3,\), x \(2, 3\)"):
         gradcheck.directional_check(lambda v: np.sum(v**2), np.ones((2, 3)), np.ones(3))
     strict = backend.get("array_api_strict")
     params = rhn.init_params(2, 3, 1, dtype="float64", backend=strict)
-    with pytest.raises(TypeError, match=r"params\['W_H'\] must be a float64 NumPy array, got a array_api_strict array: move it to the host"):
+    with pytest.raises(TypeError, match=r"params\['W_H'\] must be a float64 NumPy array, got: array_api_strict array. Move it to the host"):
         gradcheck.check_rhn(params, strict.zeros((2, 1, 2), "float64"), strict.zeros((1, 3), "float64"),
                             np.zeros((2, 1, 3)))
     with pytest.raises(ValueError, match=r"arrays of one shape, got \(3,\) and \(2, 3\)"):

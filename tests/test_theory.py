@@ -546,17 +546,18 @@ def test_plot_mistakes_found_by_a_lecturer(tmp_path, monkeypatch):
     ax3 = plots.plot_singular_values_vs_lag(np.array([[1.0, 1e-20], [1.0, 1e-3]]), plt.figure().gca())
     sigma_min = next(ln for ln in ax3.lines if ln.get_label() == "σ_min")
     assert np.isnan(sigma_min.get_ydata()[0]) and sigma_min.get_ydata()[1] == 1e-3
-    ax4 = plt.figure().gca()
-    plots.plot_eigenvalue_paths([1, 2, 3], three, ax4)
-    plots.plot_eigenvalue_paths([1, 2, 3], three, ax4)
-    assert len(ax4.figure.axes) == 2  # the plot and one colour bar, not one per call
+    assert any("round-off" in ln.get_label() for ln in ax3.lines)
+    ax5 = plots.plot_singular_values_vs_lag(np.array([[1.0, 0.5], [0.9, 0.4]]), plt.figure().gca())
+    assert not any("round-off" in ln.get_label() for ln in ax5.lines)  # nothing left out: no level line
+    ax6 = plots.plot_singular_values_vs_lag(np.array([[0.0, 0.0], [1.0, 0.0]]), plt.figure().gca())
+    assert np.all(np.isnan(next(ln for ln in ax6.lines if ln.get_label() == "σ_min").get_ydata()))  # zeros too
     with pytest.raises(ValueError, match="colors has 1 entries for 2 curves"):
         plots.plot_norm_vs_lag({"a": np.ones(3), "b": np.ones(3)}, ax, colors=["C0"])
     with pytest.raises(ValueError, match="curves must be a non-empty dict"):
         plots.plot_norm_vs_lag({}, ax)
     # File names: no folders, no doubled extension.
     monkeypatch.setenv("RHN_FIGDIR", str(tmp_path))
-    for bad in ("../escape", "/tmp/x", "sub/x", "", None, 3):
+    for bad in ("../escape", "/tmp/x", "sub/x", "", None, 3, ".png", "..png", "C:x", "a\\b"):
         with pytest.raises(ValueError, match="name must be a file name without folder or extension"):
             plots.save_figure(fig, bad)
     assert plots.save_figure(fig, "y.png") == str(tmp_path / "y.png")
@@ -564,7 +565,9 @@ def test_plot_mistakes_found_by_a_lecturer(tmp_path, monkeypatch):
     shown = []
     monkeypatch.setattr(plt, "show", lambda: shown.append(True))
     monkeypatch.delenv("RHN_FIGDIR")
-    for name, displayed in (("QtAgg", True), ("module://ipympl.backend_nbagg", True), ("agg", False)):
+    for name, displayed in (("QtAgg", True), ("module://ipympl.backend_nbagg", True), ("agg", False),
+                            ("module://matplotlib_inline.backend_inline", True),
+                            ("module://matplotlib.backends.backend_agg", False)):
         monkeypatch.setattr(matplotlib, "get_backend", lambda name=name: name)
         shown.clear()
         plots.show(plt.figure(), "f")
