@@ -195,18 +195,21 @@ def init_dense_params(
     return params
 
 
-def _check_rhn_masks(params, B, masks):
-    """Masks "i" (B, n_in), "h" (B, n) and "o" (B, n) checked under the LM's own names
-    (the layer would report "i" and "h" as its masks['x'] and masks['s'])."""
+def _check_lm_masks(params, T, B, masks):
+    """The masks checked under the LM's own names (the layer would report "i" and "h" as
+    its masks['x'] and masks['s']): "x" (T, B, 1) or (T, B), one bit per token; "i"
+    (B, n_in), "h" (B, n) and "o" (B, n); all in the parameters' dtype."""
     if not isinstance(masks, dict):
         return
     dtype, n_in, n = params["R_H"].dtype, params["W_H"].shape[0], params["R_H"].shape[1]
-    for key, shape in (("i", (B, n_in)), ("h", (B, n)), ("o", (B, n))):
+    shapes = {"x": ((T, B, 1), (T, B)), "i": ((B, n_in),), "h": ((B, n),), "o": ((B, n),)}
+    for key, allowed in shapes.items():
         m = masks.get(key)
         if m is None:
             continue
-        if tuple(getattr(m, "shape", ())) != shape:
-            raise ValueError(f"masks[{key!r}] has shape {tuple(getattr(m, 'shape', ()))}, expected {shape}")
+        if tuple(getattr(m, "shape", ())) not in allowed:
+            want = f"(T, B, 1) = {allowed[0]} (one bit per token: lm.draw_masks)" if key == "x" else allowed[0]
+            raise ValueError(f"masks[{key!r}] has shape {tuple(getattr(m, 'shape', ()))}, expected {want}")
         if m.dtype != dtype:
             raise TypeError(f"masks[{key!r}] is {m.dtype} but the parameters are {dtype}: draw the masks with "
                             f"dtype='{dtype}' (lm.draw_masks(..., dtype=...))")
@@ -214,7 +217,10 @@ def _check_rhn_masks(params, B, masks):
 
 def _check_head(params):
     """``W_out`` (n, V) and ``b_out`` (V,) fit the layer (and ``E``), in the parameters' dtype."""
-    _, _, n, _, dtype, _ = rhn._check_params(layer_params(params))
+    R_H = params.get("R_H")
+    if not (rhn._is_array(R_H) and len(R_H.shape) == 3):
+        rhn._check_params(layer_params(params))  # the layer's own message; rhn.forward checks it fully
+    n, dtype = R_H.shape[1], R_H.dtype
     W_out = params.get("W_out")
     if W_out is not None:
         V = params["E"].shape[0] if "E" in params else (W_out.shape[-1] if getattr(W_out, "ndim", 0) == 2 else None)
@@ -625,14 +631,7 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
     _check_time_major("ids", ids, s0)
     m_x, rhn_masks, m_o = _unpack_masks(masks, ("x", "i", "h", "o"))
     if hasattr(ids, "shape") and len(ids.shape) == 2:
-        _check_rhn_masks(params, ids.shape[1], masks)
-        T, B = ids.shape
-        if m_x is not None and tuple(getattr(m_x, "shape", ())) not in ((T, B, 1), (T, B)):
-            raise ValueError(f"masks['x'] has shape {tuple(getattr(m_x, 'shape', ()))}, expected (T, B, 1) = "
-                             f"{(T, B, 1)} (one bit per token: lm.draw_masks)")
-        if m_x is not None and m_x.dtype != E.dtype:
-            raise TypeError(f"masks['x'] is {m_x.dtype} but the parameters are {E.dtype}: draw the masks with "
-                            f"dtype='{E.dtype}' (lm.draw_masks(..., dtype=...))")
+        _check_lm_masks(params, *ids.shape, masks)
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
     ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
@@ -744,7 +743,7 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
     _check_time_major("xs", xs, s0)
     _, rhn_masks, m_o = _unpack_masks(masks, ("i", "h", "o"))
     if hasattr(xs, "shape") and len(xs.shape) == 3:
-        _check_rhn_masks(params, xs.shape[1], masks)
+        _check_lm_masks(params, xs.shape[0], xs.shape[1], masks)
     ys, rhn_cache = rhn.forward(rhn_params, xs, s0, rhn_masks, impl=impl)  # (T, B, n)
     logits, y_o = output_forward(ys, params["W_out"], params["b_out"], m_o)  # (T, B, n_out)
     return logits, ys[-1, ...], {"rhn": rhn_cache, "m_o": m_o, "y_o": y_o}

@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
-from .rhn import _positive_int
+from .rhn import _is_real, _positive_int
 
 __all__ = [
     "global_norm",
@@ -52,7 +52,7 @@ __all__ = [
 
 
 def _check_number(name, value, *, minimum=0.0, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if not _is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):

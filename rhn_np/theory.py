@@ -336,7 +336,7 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
     if init not in ("normal", "identity"):
         raise ValueError(f"init must be 'normal' or 'identity', got {init!r}")
     n_in, n = rhn._positive_int("n_in", n_in), rhn._positive_int("n", n)
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float, np.integer, np.floating)) or not init_std >= 0:
+    if not (rhn._is_real(init_std) and init_std >= 0):
         raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)

@@ -427,6 +427,12 @@ def _vocab_of(params, what: str) -> int:
     return int(params["E"].shape[0])
 
 
+def _check_vocab_size(params, ds, what: str, fix: str) -> None:
+    V = _vocab_of(params, what)
+    if V != ds.vocab_size:
+        raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: {fix}")
+
+
 def _hidden_of(params) -> int:
     return int(params["R_H"].shape[1])
 
@@ -486,10 +492,7 @@ def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, 
             raise ValueError(f"{ds.name} holds piano rolls: it needs a piano-roll model (lm.init_dense_params), "
                              "not a word/char model")
         return evaluate_sequences(params, part, batch_size=batch_size)
-    V = _vocab_of(params, "evaluate_dataset")
-    if V != ds.vocab_size:
-        raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: evaluate on the data set "
-                         "the model was trained on")
+    _check_vocab_size(params, ds, "evaluate_dataset", "evaluate on the data set the model was trained on")
     return evaluate(params, part, batch_size=batch_size, bptt=bptt, level=ds.level, progress=progress)
 
 
@@ -502,13 +505,14 @@ def check_run_data(meta: dict, ds) -> None:
     name = ds if isinstance(ds, str) else ds.name
     if d.get("name") is not None and d.get("name") != name:
         raise RunError(f"the run was trained on {d.get('name')!r}, not {name!r}: a data set given to the Trainer "
-                       "from Python is not stored with the run; score it with train.evaluate_dataset(params, ds, ...)")
+                       "from Python is not stored with the run; give it again (Trainer.resume(work_dir, ds=...), "
+                       "train.evaluate_dataset(params, ds, ...))")
     stored_vocab = d.get("vocab")
     if not isinstance(ds, str) and ds.kind == "tokens" and stored_vocab is not None and list(ds.vocab) != list(stored_vocab):
-        raise RunError(f"{ds.name} as loaded here ({ds.vocab_size} symbols) does not have the vocabulary the run was "
+        raise RunError(f"{ds.name} as given here ({ds.vocab_size} symbols) does not have the vocabulary the run was "
                        f"trained with ({len(stored_vocab)} symbols, in its order): the symbol ids would not mean the "
-                       "same (is --data-dir the run's copy of the data? pydoc's vocabulary depends on the Python "
-                       "version that built it)")
+                       "same; use the run's data (is --data-dir the run's copy? pydoc's vocabulary depends on the "
+                       "Python version that built it)")
 
 
 def _start_symbol(ds, rng) -> int:
@@ -531,10 +535,7 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     if not (rhn._is_real(temperature) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     length = lm._check_int("length", length)
-    V = _vocab_of(params, "sample")
-    if V != ds.vocab_size:
-        raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: sample with the data "
-                         "set (or run) the model was trained on")
+    _check_vocab_size(params, ds, "sample", "sample with the data set (or run) the model was trained on")
     be = _backend.of(params["E"])
     xp = be.xp
     rng = _backend.host_rng(seed)
@@ -989,11 +990,7 @@ class Trainer:
             stored["emb"] = int(arrays["param.E"].shape[1])  # the width the run has, whatever rule chose it
         cfg = Config.from_dict(stored).check()
         self = cls(cfg, work_dir, progress=progress, out=out, ds=ds, _resuming=True)
-        stored_vocab = (meta.get("dataset") or {}).get("vocab")
-        if self.ds.kind == "tokens" and stored_vocab is not None and list(self.ds.vocab) != list(stored_vocab):
-            raise RunError(f"the data set given for --resume ({self.ds.name}, {self.ds.vocab_size} symbols) does not "
-                           f"have the vocabulary the run was trained with ({len(stored_vocab)} symbols, in its order): "
-                           "the symbol ids would not mean the same; resume with the run's data")
+        check_run_data(meta, self.ds)
         self._restore(arrays, meta)
         return self
 
