@@ -280,7 +280,7 @@ def gpu_row(size, repeats, torch):
 
         window = fast.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
         row["cupy_graph_ms"] = 1e3 * median_time(lambda: window(gx, gs0, gdy), repeats, sync)
-        row["cupy_graph_pool_mb"] = window._graph._pool.total_bytes() / 2**20
+        row["cupy_graph_pool_mb"] = window.pool_bytes() / 2**20
         window = None  # frees the graph and its private pool before the PyTorch runs
     except Exception as exc:  # report, never hide
         row["cupy_graph_error"] = f"{type(exc).__name__}: {exc}"
@@ -312,6 +312,8 @@ def gpu_row(size, repeats, torch):
 def _fmt(v, unit=""):
     if v is None:
         return "–"
+    if isinstance(v, bool):
+        return "on" if v else "off"
     if isinstance(v, float):
         return (f"{v:.2g}" if v < 0.1 else f"{v:.2f}" if v < 10 else f"{v:.3g}" if v < 1000 else f"{v:,.0f}") + unit
     return f"{v}{unit}"
@@ -344,16 +346,19 @@ GPU_COLUMNS = [
 ]
 LM_COLUMNS = [
     ("preset", "preset", ""), ("backend", "backend", ""), ("V", "vocab", ""), ("n", "hidden", ""), ("L", "depth", ""),
-    ("B", "batch", ""), ("T", "bptt", ""), ("step", "step_ms", " ms"), ("tokens/s", "tokens_per_s", ""),
+    ("B", "batch", ""), ("T", "bptt", ""), ("CUDA graphs", "cuda_graphs", ""), ("step", "step_ms", " ms"),
+    ("tokens/s", "tokens_per_s", ""),
 ]
 
 
-def lm_row(preset, backend_name, repeats):
+def lm_row(preset, backend_name, repeats, cuda_graphs=True):
     """The trainer's full language-model step of one preset (see ``bench_lm.py``)."""
     try:
-        row = bench_lm.bench(preset, backend_name, repeats)
+        row = bench_lm.bench(preset, backend_name, repeats, cuda_graphs=cuda_graphs)
     except Exception as exc:  # report, never hide
         row = {"preset": preset, "backend": backend_name, "error": f"{type(exc).__name__}: {exc}"}
+        if backend_name == "cupy":
+            row["cuda_graphs"] = cuda_graphs
     print(json.dumps(row), flush=True)
     return row
 
@@ -429,8 +434,9 @@ def main(argv=None):
             layer.append((cpu_row if device == "cpu" else gpu_row)(size, args.repeats, torch))
             save()
         for preset in presets:
-            lm.append(lm_row(preset, "numpy" if device == "cpu" else "cupy", args.lm_repeats))
-            save()
+            for graphs in ((True,) if device == "cpu" else (True, False)):  # on CuPy: with and without CUDA graphs
+                lm.append(lm_row(preset, "numpy" if device == "cpu" else "cupy", args.lm_repeats, graphs))
+                save()
     print(report(meta, layer, lm))
 
 

@@ -40,8 +40,8 @@ def synthetic(preset, n_tokens):
                         vocab=vocab, level=LEVEL.get(preset, "char"))
 
 
-def bench(preset, backend_name, repeats, warmup=2):
-    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32")
+def bench(preset, backend_name, repeats, warmup=2, cuda_graphs=True):
+    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32", cuda_graphs=cuda_graphs)
     tokens = cfg.batch_size * cfg.bptt
     ds = synthetic(preset, tokens * (warmup + repeats + 2) + cfg.batch_size)
     trainer = T.Trainer(cfg, tempfile.mkdtemp(prefix="bench-lm-"), ds=ds, progress=False, out=lambda *a: None)
@@ -53,9 +53,12 @@ def bench(preset, backend_name, repeats, warmup=2):
         loss = float(trainer.train_step())
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"preset": preset, "backend": trainer.be.name, "depth": cfg.depth, "hidden": cfg.hidden,
-            "batch": cfg.batch_size, "bptt": cfg.bptt, "vocab": ds.vocab_size, "step_ms": 1e3 * med,
-            "tokens_per_s": tokens / med, "loss": loss}
+    row = {"preset": preset, "backend": trainer.be.name, "depth": cfg.depth, "hidden": cfg.hidden,
+           "batch": cfg.batch_size, "bptt": cfg.bptt, "vocab": ds.vocab_size, "step_ms": 1e3 * med,
+           "tokens_per_s": tokens / med, "loss": loss}
+    if trainer.be.name == "cupy":
+        row["cuda_graphs"] = cuda_graphs
+    return row
 
 
 def main(argv=None):
@@ -67,9 +70,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for name in args.presets.split(","):
-        row = bench(name, args.backend, args.repeats)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for graphs in ((True, False) if args.backend == "cupy" else (True,)):  # on CuPy: with and without CUDA graphs
+            row = bench(name, args.backend, args.repeats, cuda_graphs=graphs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         facts = backend.describe()
         with open(args.json, "w") as fh:

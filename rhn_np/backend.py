@@ -644,7 +644,7 @@ class _Cublas:
         self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle.value
         # A plain device allocation, not from the current memory pool: this object is cached
-        # for the process, and may first be built inside a CapturedWindow's private pool.
+        # for the process, and may first be built inside a CapturedLayer's private pool.
         self.workspace = cp.cuda.Memory(self.WORKSPACE_BYTES)
         self.lib = lib
         self._set_workspace()
@@ -837,7 +837,7 @@ def gate_kernels(x, coupled: bool):
 
 
 # ----------------------------------------------------------------------------
-# CUDA graphs: capture a whole window once, replay it (rhn_np.fast.CapturedWindow)
+# CUDA graphs: capture a forward or a BPTT once, replay it (rhn_np.fast.CapturedLayer)
 # ----------------------------------------------------------------------------
 class CapturedGraph:
     """A CUDA graph, the outputs its capture produced, and the private memory pool that
@@ -845,6 +845,10 @@ class CapturedGraph:
 
     def __init__(self, graph, outputs, pool, stream):
         self.graph, self.outputs, self._pool, self._stream = graph, outputs, pool, stream
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the graph's private memory pool (every buffer it touches)."""
+        return self._pool.total_bytes()
 
     def launch(self):
         """Replay on the caller's current stream (asynchronous, like any kernel launch)."""
@@ -862,6 +866,7 @@ def capture_graph(fn) -> CapturedGraph:
     cp = _import_cupy()
     if cp is None:
         raise RuntimeError(f"CUDA graphs need CuPy and a GPU ({_cupy_error})")
+    cp.cuda.get_current_stream().synchronize()  # what fn reads was written on the caller's stream
     pool = cp.cuda.MemoryPool()
     stream = cp.cuda.Stream(non_blocking=True)
     mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)

@@ -103,6 +103,7 @@ def _train(args) -> int:
         init_scale=args.init_scale,
         drop_x=args.drop_x, drop_i=args.drop_i, drop_h=args.drop_h, drop_o=args.drop_o,
         eval_batch_size=args.eval_batch_size, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
+        cuda_graphs=args.cuda_graphs,
     )
     preset = args.preset or "demo"
     if args.dataset is not None:
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     for mask, what in (("x", "whole input symbols (word-type)"), ("i", "RHN input features"),
                        ("h", "the state entering every micro-layer"), ("o", "RHN output before the softmax")):
         p.add_argument(f"--drop-{mask}", type=float, help=f"variational dropout probability on {what}")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --backend cupy, replay the RHN layer's forward and BPTT from CUDA graphs (default: on)")
     p.add_argument("--max-steps", type=int, help="stop after this many training windows")
     p.add_argument("--epochs", type=int, help="stop after this many epochs")
     p.add_argument("--time-limit", type=float, help="stop after this many minutes (then validate and save)")

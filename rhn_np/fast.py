@@ -20,6 +20,11 @@ their CUDA source for the CPU and plays cuBLAS with NumPy.
 
 The cache has the same layout as the reference one (``S``, ``H``, ``T``, ``C`` of
 shape (L, T, B, n)), so :func:`rhn_np.rhn.backward` accepts either.
+
+On a GPU even two launches per micro-step cost more than the arithmetic at small batch
+sizes: :class:`CapturedLayer` captures this forward and this backward once each into a
+CUDA graph and replays them per window (the trainer does so on CuPy), and
+:class:`CapturedWindow` replays both for a given ∂L/∂ys (the benchmark's window).
 """
 
 from __future__ import annotations
@@ -98,34 +103,40 @@ def backward(params, cache, dys, ds_last):
     return split_grads(dW, dR, db, coupled), dxs, ds0
 
 
-class CapturedWindow:
-    """One forward + BPTT window of fixed shapes, captured once into a CUDA graph.
+class CapturedLayer:
+    """:func:`rhn_np.rhn.forward` and :func:`rhn_np.rhn.backward` of fixed shapes, each
+    captured once into a CUDA graph and replayed per window.
 
     On a GPU the fast path is bound by the Python cost of launching two operations per
-    micro-step; a CUDA graph replays all of them with one launch. The graph computes
-    exactly :func:`forward` then :func:`backward` of this module (the same kernels),
-    so it is tested against them.
+    micro-step; a CUDA graph replays all of them with one launch. The two graphs compute
+    exactly :func:`forward` and :func:`backward` of this module (the same kernels), so
+    they are tested against them. Forward and backward are separate graphs so that work
+    that needs the outputs (a softmax head) can run between them: this is what the
+    trainer uses on CuPy (``Config.cuda_graphs``).
 
-    Usage::
+    Usage (the same calls and results as the functions of :mod:`rhn_np.rhn`)::
 
-        window = CapturedWindow(params, T, B, masks=True)   # CuPy params
-        ys, grads, dxs, ds0 = window(xs, s0, dys, masks)     # every call: copy in, replay
+        layer = CapturedLayer(params, T, B, masks=True)          # CuPy params
+        ys, cache = layer.forward(params, xs, s0, masks)          # copy in, replay
+        grads, dxs, ds0 = layer.backward(params, cache, dys)      # copy in, replay
 
     The parameters are read at every replay from the arrays that were in ``params`` at
-    capture: update them in place (the optimisers of :mod:`rhn_np.optim` do); replacing
-    an array raises a ValueError. The returned arrays are the graph's own buffers,
-    overwritten by the next call: copy what you keep.
+    capture: update them in place (the optimisers of :mod:`rhn_np.optim` do); passing
+    other arrays raises a ValueError. The returned arrays are the graphs' own buffers,
+    overwritten by the next call: copy what you keep. A cache is good for one backward,
+    until the next forward.
     """
 
     def __init__(self, params, T, B, *, masks=False, ds_last=False):
         if any(_backend.name_of(p) != "cupy" for p in params.values()):
-            raise ValueError("CapturedWindow needs CuPy parameters: rhn.init_params(..., backend='cupy')")
+            raise ValueError("a CUDA graph needs CuPy parameters: rhn.init_params(..., backend='cupy')")
         from .rhn import _check_params
 
         xp, n_in, n, depth, dtype, coupled = _check_params(params)
         dev = _backend.device_of(params["R_H"])
         z = lambda *shape: xp.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
-        self.params = params
+        self.params = dict(params)
+        self.shape = (T, B)
         self._ptrs = {k: v.data.ptr for k, v in params.items()}
         self._inputs = {"xs": z(T, B, n_in), "s0": z(B, n), "dys": z(T, B, n)}
         if masks:
@@ -133,41 +144,107 @@ class CapturedWindow:
         if ds_last:
             self._inputs["ds_last"] = z(B, n)
         self.masks, self.ds_last = masks, ds_last
+        self._token = None  # the cache of the latest forward replay
         previous = _backend.set_cuda_kernels("raw")  # direct cuBLAS calls can be captured
         try:
-            self._graph = _backend.capture_graph(self._window)
+            self._forward_graph = _backend.capture_graph(self._forward)
+            self._backward_graph = _backend.capture_graph(self._backward)  # reads the forward's cache buffers
         finally:
             _backend.set_cuda_kernels(previous)
 
-    def _window(self):
+    def _forward(self):
         from . import rhn
 
         inp = self._inputs
         masks = {"x": inp["m_x"], "s": inp["m_s"]} if self.masks else None
-        ys, cache = rhn.forward(self.params, inp["xs"], inp["s0"], masks, impl="fast")
-        grads, dxs, ds0 = rhn.backward(self.params, cache, inp["dys"], inp.get("ds_last"))
-        return ys, grads, dxs, ds0
+        return rhn.forward(self.params, inp["xs"], inp["s0"], masks, impl="fast")
 
-    def __call__(self, xs, s0, dys, masks=None, ds_last=None):
-        """Copy the inputs into the graph's buffers, replay, return ``(ys, grads, dxs, ds0)``."""
-        for k, v in self.params.items():
-            if v.data.ptr != self._ptrs.get(k):
-                raise ValueError(f"params[{k!r}] was replaced since the capture; update parameters in place "
-                                 "or build a new CapturedWindow")
-        if (masks is not None) != self.masks:
-            raise ValueError(f"this window was captured with masks={self.masks}; pass masks accordingly")
-        if (ds_last is not None) != self.ds_last:
-            raise ValueError(f"this window was captured with ds_last={self.ds_last}; pass ds_last accordingly")
-        given = {"xs": xs, "s0": s0, "dys": dys}
-        if masks is not None:
-            given.update(m_x=masks["x"], m_s=masks["s"])
-        if ds_last is not None:
-            given["ds_last"] = ds_last
+    def _backward(self):
+        from . import rhn
+
+        _, cache = self._forward_graph.outputs
+        return rhn.backward(self.params, cache, self._inputs["dys"], self._inputs.get("ds_last"))
+
+    def pool_bytes(self) -> int:
+        """GPU memory held by the two graphs' private pools: buffers, cache, temporaries."""
+        return self._forward_graph.pool_bytes() + self._backward_graph.pool_bytes()
+
+    def holds(self, params) -> bool:
+        """Whether ``params`` are the arrays this layer was captured with (same keys, same memory)."""
+        return set(params) == set(self._ptrs) and all(
+            _backend.name_of(v) == "cupy" and v.data.ptr == self._ptrs[k] for k, v in params.items())
+
+    def _copy_in(self, params, given):
+        if not self.holds(params):
+            changed = sorted(k for k in set(params) | set(self._ptrs) if k not in params or k not in self._ptrs
+                             or _backend.name_of(params[k]) != "cupy" or params[k].data.ptr != self._ptrs[k])
+            raise ValueError(f"params {changed} are not the arrays captured in this CUDA graph (replaced since the "
+                             "capture?); update parameters in place or build a new CapturedLayer")
         for k, v in given.items():
             buf = self._inputs[k]
             if tuple(v.shape) != tuple(buf.shape) or v.dtype != buf.dtype or _backend.name_of(v) != "cupy":
                 raise ValueError(f"{k} must be a CuPy {buf.dtype} array of shape {tuple(buf.shape)} (the captured "
                                  f"shape), got {_backend.name_of(v)} {v.dtype} {tuple(v.shape)}")
             buf[...] = v
-        self._graph.launch()
-        return self._graph.outputs
+
+    def forward(self, params, xs, s0, masks=None):
+        """Replay :func:`rhn_np.rhn.forward`: ``(ys (T, B, n), cache)``."""
+        if (masks is not None) != self.masks:
+            raise ValueError(f"this layer was captured with masks={self.masks}; pass masks accordingly")
+        given = {"xs": xs, "s0": s0}
+        if masks is not None:
+            if not isinstance(masks, dict) or not masks or not set(masks) <= {"x", "s"}:
+                got = sorted(masks) if isinstance(masks, dict) else type(masks).__name__
+                raise ValueError(f"masks must be a dict with the keys 'x' and/or 's' (those of rhn.forward), got {got}")
+            given.update(m_x=masks.get("x"), m_s=masks.get("s"))
+            for k in [k for k, v in given.items() if v is None]:  # a missing mask keeps every unit
+                self._inputs[k][...] = 1
+                del given[k]
+        self._copy_in(params, given)
+        self._forward_graph.launch()
+        ys, cache = self._forward_graph.outputs
+        self._token = object()
+        return ys, {**cache, "graph": self._token}
+
+    def backward(self, params, cache, dys, ds_last=None):
+        """Replay :func:`rhn_np.rhn.backward` of the latest forward: ``(grads, dxs, ds0)``."""
+        if cache.get("graph") is None or cache.get("graph") is not self._token:
+            raise ValueError("this cache is not from the latest forward of this CapturedLayer (its buffers have "
+                             "been overwritten since): run forward again")
+        if (ds_last is not None) != self.ds_last:
+            raise ValueError(f"this layer was captured with ds_last={self.ds_last}; pass ds_last accordingly")
+        given = {"dys": dys}
+        if ds_last is not None:
+            given["ds_last"] = ds_last
+        self._copy_in(params, given)
+        self._backward_graph.launch()
+        grads, dxs, ds0 = self._backward_graph.outputs
+        return dict(grads), dxs, ds0
+
+
+class CapturedWindow:
+    """One forward + BPTT window of fixed shapes, replayed from CUDA graphs: a
+    :class:`CapturedLayer`'s forward then its backward, for a given ``dys``.
+
+    Usage::
+
+        window = CapturedWindow(params, T, B, masks=True)   # CuPy params
+        ys, grads, dxs, ds0 = window(xs, s0, dys, masks)     # every call: copy in, replay
+
+    The rules of :class:`CapturedLayer` hold: parameters updated in place, returned
+    arrays overwritten by the next call.
+    """
+
+    def __init__(self, params, T, B, *, masks=False, ds_last=False):
+        self.params = params
+        self._layer = CapturedLayer(params, T, B, masks=masks, ds_last=ds_last)
+
+    def pool_bytes(self) -> int:
+        """GPU memory held by the graphs (:meth:`CapturedLayer.pool_bytes`)."""
+        return self._layer.pool_bytes()
+
+    def __call__(self, xs, s0, dys, masks=None, ds_last=None):
+        """Copy the inputs into the graphs' buffers, replay, return ``(ys, grads, dxs, ds0)``."""
+        ys, cache = self._layer.forward(self.params, xs, s0, masks)
+        grads, dxs, ds0 = self._layer.backward(self.params, cache, dys, ds_last)
+        return ys, grads, dxs, ds0

@@ -601,7 +601,7 @@ def _softmax_weights(params):
     return params["E"].T if "W_out" not in params else params["W_out"]
 
 
-def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
+def lm_forward(params, ids, s0, masks=None, *, impl="auto", layer=None):
     """Forward of the word model over one window (see the module docstring).
 
     Parameters
@@ -611,6 +611,9 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
     s0 : (B, n) state carried from the previous window (zeros at the start)
     masks : optional dict from :func:`draw_masks` (keys "x", "i", "h", "o")
     impl : passed to :func:`rhn_np.rhn.forward`
+    layer : optional :class:`rhn_np.fast.CapturedLayer` to run the RHN layer's forward
+        (and later :func:`lm_backward`'s BPTT) from CUDA graphs instead of
+        :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`; the same maths
 
     Returns
     -------
@@ -633,9 +636,12 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto"):
     if hasattr(ids, "shape") and len(ids.shape) == 2:
         _check_lm_masks(params, *ids.shape, masks)
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
-    ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
+    if layer is None:
+        ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
+    else:
+        ys, rhn_cache = layer.forward(rhn_params, X, s0, rhn_masks)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
-    cache = {"rhn": rhn_cache, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o}
+    cache = {"rhn": rhn_cache, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o, "layer": layer}
     return logits, ys[-1, ...], cache
 
 
@@ -656,7 +662,8 @@ def lm_backward(params, cache, dlogits, ds_last=None):
     rhn_params = layer_params(params)
     E = params["E"]
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], _softmax_weights(params), cache["m_o"])
-    grads, dX, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)  # BPTT through the layer
+    layer = cache.get("layer") or rhn  # the module's backward, or the captured layer's
+    grads, dX, ds0 = layer.backward(rhn_params, cache["rhn"], dys, ds_last)  # BPTT through the layer
     dE = embedding_backward(dX, cache["ids"], E.shape, cache["m_x"])  # (V, n_emb)
     if "W_out" in params:
         grads["W_out"] = dW_out
@@ -667,7 +674,7 @@ def lm_backward(params, cache, dlogits, ds_last=None):
     return grads, ds0
 
 
-def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_last=None, impl="auto"):
+def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_last=None, impl="auto", layer=None):
     """Loss and every gradient of the word model for one training window.
 
     ``loss = (1/B) Σ_t Σ_b w[t, b] · (-log p(targets[t, b] | ids[≤t, b]))`` (summed over
@@ -683,6 +690,7 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
     masks : optional dict from :func:`draw_masks`
     weights : optional (T, B) per-token weights
     ds_last : optional (B, n) gradient arriving at the final state from a later window
+    impl, layer : as for :func:`lm_forward`
 
     Returns
     -------
@@ -693,7 +701,7 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
         (``exp`` of it is the perplexity), ``"nll_sum"`` Σ w·nll, ``"n_tokens"`` Σ w,
         ``"ds0"`` (B, n) gradient with respect to ``s0``
     """
-    logits, s_last, cache = lm_forward(params, ids, s0, masks, impl=impl)
+    logits, s_last, cache = lm_forward(params, ids, s0, masks, impl=impl, layer=layer)
     loss, dlogits = softmax_cross_entropy(logits, targets, weights)
     grads, ds0 = lm_backward(params, cache, dlogits, ds_last)
     T, B = ids.shape

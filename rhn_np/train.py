@@ -104,6 +104,9 @@ class Config:
     ``epochs``/``max_steps``/``time_limit`` (minutes): whichever ends the run first.
     ``eval_every``: steps between validations (``None``: once per epoch); the run
     always ends with one.
+    ``cuda_graphs`` (CuPy only): run the RHN layer's forward and BPTT of every training
+    window from two CUDA graphs (:class:`rhn_np.fast.CapturedLayer`, the same kernels
+    as the eager fast path); ``False`` launches them one by one.
     """
 
     dataset: str = "pydoc"
@@ -138,6 +141,7 @@ class Config:
     seed: int = 0
     backend: str = "numpy"
     dtype: str = "float32"
+    cuda_graphs: bool = True
 
     def check(self) -> Config:
         """Validate every field; raises ``ValueError`` naming the bad one.
@@ -152,7 +156,7 @@ class Config:
                 setattr(self, f.name, int(v))
             elif isinstance(v, np.floating):
                 setattr(self, f.name, float(v))
-        for name in ("tied", "coupled"):
+        for name in ("tied", "coupled", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{_label(name)} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -791,6 +795,7 @@ class Trainer:
         self.best_nll = math.inf
         self.order = None  # the epoch's sequence order (JSB)
         self.state = None  # the carried (B, n) state (token data)
+        self._graphs = {}  # (T, B, masked) -> fast.CapturedLayer (CuPy with cfg.cuda_graphs)
         self._train_sum = None  # Σ NLL and count since the last "train" record
         self._train_count = 0
         self._rec_tokens, self._rec_time = 0, 0.0  # throughput since the last "train" record
@@ -872,8 +877,9 @@ class Trainer:
             x, y = self.batches.window(i)
             masks = lm.draw_masks(self.rng, x, vocab=self.ds.vocab_size, n_emb=self.params["E"].shape[1], n=cfg.hidden,
                                   keep_x=1 - cfg.drop_x, dtype=cfg.dtype, backend=be, **keep)
+            masked = masks.get("i") is not None or masks.get("h") is not None
             loss, grads, s_last, stats = lm.lm_loss_and_grads(self.params, be.to_device(x), be.to_device(y),
-                                                               self.state, masks)
+                                                               self.state, masks, layer=self._layer(x.shape, masked))
             self.state = xp.asarray(s_last, copy=True)
             nll_sum, n = stats["nll_sum"], x.size
         grads = optim.add_l2_gradient(grads, self.params, cfg.weight_decay)
@@ -885,6 +891,23 @@ class Trainer:
         self._train_tokens += n
         self._rec_tokens += n
         return loss
+
+    def _layer(self, shape, masked):
+        """The RHN layer of this window captured in CUDA graphs (CuPy and ``cuda_graphs``),
+        else None (:func:`rhn_np.rhn.forward` / ``backward`` launch kernel by kernel).
+
+        Captured once per window shape on first use (a few hundred ms), and again if the
+        parameter arrays were replaced (``resume``); windows share one shape."""
+        if self.be.name != "cupy" or not self.cfg.cuda_graphs:
+            return None
+        from . import fast
+
+        key = (*shape, masked)
+        layer, params = self._graphs.get(key), lm.layer_params(self.params)
+        if layer is None or not layer.holds(params):
+            self._graphs.clear()  # let go of the old graphs' memory first
+            layer = self._graphs[key] = fast.CapturedLayer(params, *shape, masks=masked)
+        return layer
 
     def _add_time(self, seconds: float) -> None:
         self._train_time += seconds

@@ -97,6 +97,9 @@ def test_print_config_resolves_preset_and_options_without_training(tmp_path, mon
     assert cli.main(["train", "--preset", "ptb_sota", "--depth", "4", "--epochs", "3", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg == {**T.config_from_preset("ptb_sota").to_dict(), "depth": 4, "epochs": 3, "max_steps": None}
+    assert cfg["cuda_graphs"] is True
+    assert cli.main(["train", "--backend", "cupy", "--no-cuda-graphs", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["cuda_graphs"] is False
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

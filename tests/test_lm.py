@@ -286,6 +286,30 @@ def test_sigmoid_bernoulli_is_stable_for_huge_logits():
 # ----------------------------------------------------------------------------
 # The whole word model
 # ----------------------------------------------------------------------------
+def test_lm_runs_the_layer_it_is_given():
+    """``layer=`` (a CapturedLayer on a GPU) replaces rhn.forward and rhn.backward, and
+    lm_backward finds it in the cache; the results are those of the module functions."""
+    calls = []
+
+    class Counted:  # rhn's own functions, counted
+        def forward(self, params, xs, s0, masks=None):
+            calls.append("forward")
+            return rhn.forward(params, xs, s0, masks)
+
+        def backward(self, params, cache, dys, ds_last=None):
+            calls.append("backward")
+            return rhn.backward(params, cache, dys, ds_last)
+
+    params, ids, targets, s0, m, ds_last, w = lm_case(tied=True, masks=True, coupled=True, weights=False)
+    want = lm.lm_loss_and_grads(params, ids, targets, s0, m, ds_last=ds_last)
+    got = lm.lm_loss_and_grads(params, ids, targets, s0, m, ds_last=ds_last, layer=Counted())
+    assert calls == ["forward", "backward"]
+    assert float(got[0]) == float(want[0])
+    np.testing.assert_array_equal(got[2], want[2])
+    for k in want[1]:
+        np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=k)
+
+
 @pytest.mark.parametrize(
     "tied, masks, coupled, weights",
     [(False, True, True, False), (True, True, True, False), (True, False, True, False),

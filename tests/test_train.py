@@ -595,6 +595,7 @@ def test_config_takes_numpy_scalars_and_refuses_what_would_fail_later():
     json.dumps(cfg.to_dict())  # it goes into checkpoint metadata
     assert T.Config(data_dir=pathlib.Path("/tmp")).check().data_dir == "/tmp"
     for kw, pattern in [({"tied": "no"}, r"tied \(--tied\) must be True or False"),
+                        ({"cuda_graphs": 1}, r"cuda_graphs \(--cuda-graphs\) must be True or False, got 1"),
                         ({"seed": -1}, r"seed \(--seed\) must be an integer >= 0"),
                         ({"transform_bias": math.nan}, "transform_bias.*finite"),
                         ({"weight_decay": math.inf}, "weight_decay.*finite"),
