@@ -204,6 +204,12 @@ def is_cupy(x) -> bool:
     return name_of(x) == "cupy"
 
 
+def address(x) -> int:
+    """Address of an array's first byte (device memory for CuPy, host memory for NumPy):
+    whether two arrays are the same memory, e.g. the parameters a CUDA graph reads."""
+    return x.__array_interface__["data"][0] if isinstance(x, np.ndarray) else x.data.ptr
+
+
 def float_dtype_name(dtype) -> str:
     """``'float32'`` or ``'float64'`` for a floating dtype given by name (``'float32'``,
     ``'f8'``) or as a dtype of any backend (``numpy.float64``, ``params["W_H"].dtype``,

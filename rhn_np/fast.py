@@ -112,7 +112,7 @@ class CapturedLayer:
     exactly :func:`forward` and :func:`backward` of this module (the same kernels), so
     they are tested against them. Forward and backward are separate graphs so that work
     that needs the outputs (a softmax head) can run between them: this is what the
-    trainer uses on CuPy (``Config.cuda_graphs``).
+    trainer uses on CuPy for token data (``Config.cuda_graphs``).
 
     Usage (the same calls and results as the functions of :mod:`rhn_np.rhn`)::
 
@@ -120,15 +120,17 @@ class CapturedLayer:
         ys, cache = layer.forward(params, xs, s0, masks)          # copy in, replay
         grads, dxs, ds0 = layer.backward(params, cache, dys)      # copy in, replay
 
-    The parameters are read at every replay from the arrays that were in ``params`` at
-    capture: update them in place (the optimisers of :mod:`rhn_np.optim` do); passing
-    other arrays raises a ValueError. The returned arrays are the graphs' own buffers,
-    overwritten by the next call: copy what you keep. A cache is good for one backward,
-    until the next forward.
+    ``params`` are the layer's own (``lm.layer_params`` of a language model's). They are
+    read at every replay from the arrays that were in ``params`` at capture: update them
+    in place (the optimisers of :mod:`rhn_np.optim` do); passing other arrays raises a
+    ValueError. A layer captured with ``masks=True`` takes a missing mask (or
+    ``masks=None``) as all ones, one captured with ``ds_last=True`` a missing ``ds_last``
+    as zeros. The returned arrays are the graphs' own buffers, overwritten by the next
+    call: copy what you keep. A cache serves backward until the next forward.
     """
 
     def __init__(self, params, T, B, *, masks=False, ds_last=False):
-        if any(_backend.name_of(p) != "cupy" for p in params.values()):
+        if not all(_backend.is_cupy(p) for p in params.values()):
             raise ValueError("a CUDA graph needs CuPy parameters: rhn.init_params(..., backend='cupy')")
         from .rhn import _check_params
 
@@ -137,13 +139,13 @@ class CapturedLayer:
         z = lambda *shape: xp.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
         self.params = dict(params)
         self.shape = (T, B)
-        self._ptrs = {k: v.data.ptr for k, v in params.items()}
+        self.masks, self.ds_last = bool(masks), bool(ds_last)
+        self._ptrs = {k: _backend.address(v) for k, v in params.items()}
         self._inputs = {"xs": z(T, B, n_in), "s0": z(B, n), "dys": z(T, B, n)}
-        if masks:
+        if self.masks:
             self._inputs.update(m_x=z(B, n_in) + 1, m_s=z(B, n) + 1)
-        if ds_last:
+        if self.ds_last:
             self._inputs["ds_last"] = z(B, n)
-        self.masks, self.ds_last = masks, ds_last
         self._token = None  # the cache of the latest forward replay
         previous = _backend.set_cuda_kernels("raw")  # direct cuBLAS calls can be captured
         try:
@@ -171,36 +173,57 @@ class CapturedLayer:
 
     def holds(self, params) -> bool:
         """Whether ``params`` are the arrays this layer was captured with (same keys, same memory)."""
-        return set(params) == set(self._ptrs) and all(
-            _backend.name_of(v) == "cupy" and v.data.ptr == self._ptrs[k] for k, v in params.items())
+        return isinstance(params, dict) and set(params) == set(self._ptrs) and all(
+            _backend.is_cupy(v) and _backend.address(v) == self._ptrs[k] for k, v in params.items())
 
-    def _copy_in(self, params, given):
-        if not self.holds(params):
-            changed = sorted(k for k in set(params) | set(self._ptrs) if k not in params or k not in self._ptrs
-                             or _backend.name_of(params[k]) != "cupy" or params[k].data.ptr != self._ptrs[k])
-            raise ValueError(f"params {changed} are not the arrays captured in this CUDA graph (replaced since the "
-                             "capture?); update parameters in place or build a new CapturedLayer")
+    def _check_params(self, params):
+        if self.holds(params):
+            return
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be the dict this layer was captured with, got {type(params).__name__}")
+        extra, missing = sorted(set(params) - set(self._ptrs)), sorted(set(self._ptrs) - set(params))
+        if extra or missing:
+            raise ValueError(f"params has the keys {sorted(params)}, this layer {sorted(self._ptrs)}: pass the RHN "
+                             "layer's own parameters (lm.layer_params(params) of a language model)")
+        changed = sorted(k for k, v in params.items() if not _backend.is_cupy(v) or _backend.address(v) != self._ptrs[k])
+        raise ValueError(f"params {changed} are not the arrays captured in this CUDA graph (replaced since the "
+                         "capture?); update parameters in place or build a new CapturedLayer")
+
+    def _copy_in(self, given):
+        """Check every input, then copy them into the graphs' buffers (None: the neutral value)."""
         for k, v in given.items():
             buf = self._inputs[k]
-            if tuple(v.shape) != tuple(buf.shape) or v.dtype != buf.dtype or _backend.name_of(v) != "cupy":
+            if v is None:
+                continue
+            if not _backend.is_cupy(v) or tuple(v.shape) != tuple(buf.shape) or v.dtype != buf.dtype:
+                got = (f"{v.dtype} {tuple(v.shape)}" if _backend.is_cupy(v) else
+                       f"{type(v).__module__.split('.')[0]}.{type(v).__name__}")
                 raise ValueError(f"{k} must be a CuPy {buf.dtype} array of shape {tuple(buf.shape)} (the captured "
-                                 f"shape), got {_backend.name_of(v)} {v.dtype} {tuple(v.shape)}")
-            buf[...] = v
+                                 f"shape), got {got}")
+        for k, v in given.items():
+            if v is None:
+                self._inputs[k][...] = 1 if k in ("m_x", "m_s") else 0  # a missing mask keeps every unit
+            else:
+                self._inputs[k][...] = v
 
     def forward(self, params, xs, s0, masks=None):
         """Replay :func:`rhn_np.rhn.forward`: ``(ys (T, B, n), cache)``."""
-        if (masks is not None) != self.masks:
-            raise ValueError(f"this layer was captured with masks={self.masks}; pass masks accordingly")
+        self._token = None  # from here on, the buffers earlier caches point at may change
+        if masks is not None and not isinstance(masks, dict):
+            raise TypeError(f"masks must be a dict with the keys 'x' and/or 's' (those of rhn.forward) or None, "
+                            f"got {type(masks).__name__}")
+        masks = {k: v for k, v in (masks or {}).items() if v is not None}
+        if not set(masks) <= {"x", "s"}:
+            raise ValueError(f"masks must have the keys 'x' and/or 's' (those of rhn.forward), got {sorted(masks)}")
+        if masks and not self.masks:
+            raise ValueError("this layer was captured without masks: build it with masks=True to pass masks")
         given = {"xs": xs, "s0": s0}
-        if masks is not None:
-            if not isinstance(masks, dict) or not masks or not set(masks) <= {"x", "s"}:
-                got = sorted(masks) if isinstance(masks, dict) else type(masks).__name__
-                raise ValueError(f"masks must be a dict with the keys 'x' and/or 's' (those of rhn.forward), got {got}")
+        if self.masks:
             given.update(m_x=masks.get("x"), m_s=masks.get("s"))
-            for k in [k for k, v in given.items() if v is None]:  # a missing mask keeps every unit
-                self._inputs[k][...] = 1
-                del given[k]
-        self._copy_in(params, given)
+        if xs is None or s0 is None:
+            raise TypeError(f"{'xs' if xs is None else 's0'} must be a CuPy array, got None")
+        self._check_params(params)
+        self._copy_in(given)
         self._forward_graph.launch()
         ys, cache = self._forward_graph.outputs
         self._token = object()
@@ -208,15 +231,18 @@ class CapturedLayer:
 
     def backward(self, params, cache, dys, ds_last=None):
         """Replay :func:`rhn_np.rhn.backward` of the latest forward: ``(grads, dxs, ds0)``."""
-        if cache.get("graph") is None or cache.get("graph") is not self._token:
-            raise ValueError("this cache is not from the latest forward of this CapturedLayer (its buffers have "
-                             "been overwritten since): run forward again")
-        if (ds_last is not None) != self.ds_last:
-            raise ValueError(f"this layer was captured with ds_last={self.ds_last}; pass ds_last accordingly")
+        if not isinstance(cache, dict) or cache.get("graph") is None or cache.get("graph") is not self._token:
+            raise ValueError("this cache is not from the latest forward of this CapturedLayer (its buffers may "
+                             "have been overwritten since): run forward again")
+        if ds_last is not None and not self.ds_last:
+            raise ValueError("this layer was captured without ds_last: build it with ds_last=True to pass ds_last")
+        if dys is None:
+            raise TypeError("dys must be a CuPy array, got None")
         given = {"dys": dys}
-        if ds_last is not None:
+        if self.ds_last:
             given["ds_last"] = ds_last
-        self._copy_in(params, given)
+        self._check_params(params)
+        self._copy_in(given)
         self._backward_graph.launch()
         grads, dxs, ds0 = self._backward_graph.outputs
         return dict(grads), dxs, ds0

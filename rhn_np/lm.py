@@ -613,7 +613,10 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto", layer=None):
     impl : passed to :func:`rhn_np.rhn.forward`
     layer : optional :class:`rhn_np.fast.CapturedLayer` to run the RHN layer's forward
         (and later :func:`lm_backward`'s BPTT) from CUDA graphs instead of
-        :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`; the same maths
+        :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`; the same maths, and
+        ``impl`` does not apply. Its buffers are overwritten by its next replay: so
+        are ``s_last`` (a view of its ys), the layer's gradients and ``ds0`` of
+        :func:`lm_backward`; copy what you keep
 
     Returns
     -------
@@ -690,7 +693,8 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
     masks : optional dict from :func:`draw_masks`
     weights : optional (T, B) per-token weights
     ds_last : optional (B, n) gradient arriving at the final state from a later window
-    impl, layer : as for :func:`lm_forward`
+    impl, layer : as for :func:`lm_forward` (with ``layer``, copy ``s_last`` and the
+        layer's gradients before the next window, as the trainer does)
 
     Returns
     -------

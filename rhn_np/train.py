@@ -105,8 +105,10 @@ class Config:
     ``eval_every``: steps between validations (``None``: once per epoch); the run
     always ends with one.
     ``cuda_graphs`` (CuPy only): run the RHN layer's forward and BPTT of every training
-    window from two CUDA graphs (:class:`rhn_np.fast.CapturedLayer`, the same kernels
-    as the eager fast path); ``False`` launches them one by one.
+    window of token data from two CUDA graphs (:class:`rhn_np.fast.CapturedLayer`, the
+    same kernels as the eager fast path; piano rolls, whose windows vary in shape, are
+    launched kernel by kernel); ``False`` launches them one by one. It may change on
+    ``resume``.
     """
 
     dataset: str = "pydoc"
@@ -796,6 +798,7 @@ class Trainer:
         self.order = None  # the epoch's sequence order (JSB)
         self.state = None  # the carried (B, n) state (token data)
         self._graphs = {}  # (T, B, masked) -> fast.CapturedLayer (CuPy with cfg.cuda_graphs)
+        self._graphs_on = self.be.name == "cupy" and cfg.cuda_graphs
         self._train_sum = None  # Σ NLL and count since the last "train" record
         self._train_count = 0
         self._rec_tokens, self._rec_time = 0, 0.0  # throughput since the last "train" record
@@ -898,13 +901,14 @@ class Trainer:
 
         Captured once per window shape on first use (a few hundred ms), and again if the
         parameter arrays were replaced (``resume``); windows share one shape."""
-        if self.be.name != "cupy" or not self.cfg.cuda_graphs:
+        if not self._graphs_on:
             return None
         from . import fast
 
         key = (*shape, masked)
         layer, params = self._graphs.get(key), lm.layer_params(self.params)
         if layer is None or not layer.holds(params):
+            layer = None
             self._graphs.clear()  # let go of the old graphs' memory first
             layer = self._graphs[key] = fast.CapturedLayer(params, *shape, masks=masked)
         return layer
@@ -984,7 +988,7 @@ class Trainer:
 
         ``overrides`` may change how long the run goes and where it runs
         (``max_steps``, ``epochs``, ``time_limit``, ``eval_every``, ``log_every``,
-        ``backend``, ``data_dir``); changing the model, the data or the recipe raises a
+        ``backend``, ``data_dir``, ``cuda_graphs``); changing the model, the data or the recipe raises a
         :class:`RunError`.
         """
         path = os.path.join(os.fspath(work_dir), "checkpoint.npz")
@@ -998,7 +1002,7 @@ class Trainer:
                 "still serves rhn-np evaluate and sample, and a new run starts without --resume") from exc
         _check_run_meta(meta, path)
         stored = dict(meta["config"])
-        allowed = {"max_steps", "epochs", "time_limit", "eval_every", "log_every", "backend", "data_dir"}
+        allowed = {"max_steps", "epochs", "time_limit", "eval_every", "log_every", "backend", "data_dir", "cuda_graphs"}
         for k, v in (overrides or {}).items():
             if k not in _CONFIG_FIELDS:
                 raise RunError(f"unknown setting {k!r} in overrides; settings: {', '.join(sorted(_CONFIG_FIELDS))}")
