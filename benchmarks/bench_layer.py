@@ -437,9 +437,10 @@ def main(argv=None):
         for size in sizes:
             layer.append((cpu_row if device == "cpu" else gpu_row)(size, args.repeats, torch))
             save()
+        lm_backend = "numpy" if device == "cpu" else "cupy"
         for preset in presets:
-            for graphs in ((True,) if device == "cpu" else (True, False)):  # on CuPy: with and without CUDA graphs
-                lm.append(lm_row(preset, "numpy" if device == "cpu" else "cupy", args.lm_repeats, graphs))
+            for graphs in bench_lm.graph_settings(lm_backend):
+                lm.append(lm_row(preset, lm_backend, args.lm_repeats, graphs))
                 save()
     print(report(meta, layer, lm))
 

@@ -40,6 +40,11 @@ def synthetic(preset, n_tokens):
                         vocab=vocab, level=LEVEL.get(preset, "char"))
 
 
+def graph_settings(backend_name):
+    """The ``cuda_graphs`` settings to time: on CuPy with and without graphs, else the default."""
+    return (True, False) if backend_name == "cupy" else (True,)
+
+
 def bench(preset, backend_name, repeats, warmup=2, cuda_graphs=True):
     cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32", cuda_graphs=cuda_graphs)
     tokens = cfg.batch_size * cfg.bptt
@@ -70,7 +75,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for name in args.presets.split(","):
-        for graphs in ((True, False) if args.backend == "cupy" else (True,)):  # on CuPy: with and without CUDA graphs
+        for graphs in graph_settings(args.backend):
             row = bench(name, args.backend, args.repeats, cuda_graphs=graphs)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -176,7 +176,7 @@ class CapturedLayer:
         return isinstance(params, dict) and set(params) == set(self._ptrs) and all(
             _backend.is_cupy(v) and _backend.address(v) == self._ptrs[k] for k, v in params.items())
 
-    def _check_params(self, params):
+    def _check_captured_params(self, params):
         if self.holds(params):
             return
         if not isinstance(params, dict):
@@ -222,7 +222,7 @@ class CapturedLayer:
             given.update(m_x=masks.get("x"), m_s=masks.get("s"))
         if xs is None or s0 is None:
             raise TypeError(f"{'xs' if xs is None else 's0'} must be a CuPy array, got None")
-        self._check_params(params)
+        self._check_captured_params(params)
         self._copy_in(given)
         self._forward_graph.launch()
         ys, cache = self._forward_graph.outputs
@@ -241,7 +241,7 @@ class CapturedLayer:
         given = {"dys": dys}
         if self.ds_last:
             given["ds_last"] = ds_last
-        self._check_params(params)
+        self._check_captured_params(params)
         self._copy_in(given)
         self._backward_graph.launch()
         grads, dxs, ds0 = self._backward_graph.outputs

@@ -797,7 +797,7 @@ class Trainer:
         self.best_nll = math.inf
         self.order = None  # the epoch's sequence order (JSB)
         self.state = None  # the carried (B, n) state (token data)
-        self._graphs = {}  # (T, B, masked) -> fast.CapturedLayer (CuPy with cfg.cuda_graphs)
+        self._captured = None  # the fast.CapturedLayer of the training windows (CuPy with cfg.cuda_graphs)
         self._graphs_on = self.be.name == "cupy" and cfg.cuda_graphs
         self._train_sum = None  # Σ NLL and count since the last "train" record
         self._train_count = 0
@@ -899,18 +899,17 @@ class Trainer:
         """The RHN layer of this window captured in CUDA graphs (CuPy and ``cuda_graphs``),
         else None (:func:`rhn_np.rhn.forward` / ``backward`` launch kernel by kernel).
 
-        Captured once per window shape on first use (a few hundred ms), and again if the
-        parameter arrays were replaced (``resume``); windows share one shape."""
+        Captured on first use (a few hundred ms; all training windows of token data have
+        one shape), and again if the shape, the masking or the parameter arrays changed
+        (``resume`` replaces the arrays)."""
         if not self._graphs_on:
             return None
         from . import fast
 
-        key = (*shape, masked)
-        layer, params = self._graphs.get(key), lm.layer_params(self.params)
-        if layer is None or not layer.holds(params):
-            layer = None
-            self._graphs.clear()  # let go of the old graphs' memory first
-            layer = self._graphs[key] = fast.CapturedLayer(params, *shape, masks=masked)
+        layer, params = self._captured, lm.layer_params(self.params)
+        if layer is None or layer.shape != tuple(shape) or layer.masks != masked or not layer.holds(params):
+            self._captured = layer = None  # let go of the old graphs' memory before capturing new ones
+            self._captured = layer = fast.CapturedLayer(params, *shape, masks=masked)
         return layer
 
     def _add_time(self, seconds: float) -> None:

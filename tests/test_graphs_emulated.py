@@ -128,9 +128,11 @@ def test_trainer_steps_through_the_captured_layer_and_recaptures(emulated, tmp_p
         if step == 3:  # new arrays, the same numbers
             for t in (ref, tr):
                 t.params = {k: v.copy() for k, v in t.params.items()}
-            first = next(iter(tr._graphs.values()))
+            first = tr._captured
         np.testing.assert_allclose(float(tr.train_step()), float(ref.train_step()), rtol=1e-12)
-    assert list(tr._graphs) == [(5, 3, True)] and not ref._graphs
-    assert tr._graphs[(5, 3, True)] is not first and tr._graphs[(5, 3, True)].holds(lm.layer_params(tr.params))
+    assert ref._captured is None and first is not None
+    layer = tr._captured
+    assert layer is not first and (layer.shape, layer.masks) == ((5, 3), True)
+    assert layer.holds(lm.layer_params(tr.params))
     for k in ref.params:
         np.testing.assert_allclose(tr.params[k], ref.params[k], rtol=1e-12, atol=1e-15, err_msg=k)
