@@ -39,7 +39,7 @@ import tracemalloc
 import numpy as np
 
 import bench_lm  # next to this file: the trainer's LM step
-from rhn_np import backend, rhn
+from rhn_np import backend, fast, graphs, rhn
 
 SIZES = {  # name: (n_in, n, depth L, batch B, steps T)
     "small": (128, 256, 4, 32, 50),
@@ -263,7 +263,7 @@ def gpu_row(size, repeats, torch):
     row = {"size": size, "device": "gpu", "gflop": gflop(*SIZES[size])}
     for label, impl, variant in (("cupy_fast_raw", "fast", "raw"), ("cupy_fast_elementwise", "fast", "elementwise"),
                                  ("cupy_reference", "reference", "raw")):
-        backend.set_cuda_kernels(variant)
+        fast.set_cuda_kernels(variant)
         step = rhn_step(gp, gx, gs0, gdy, impl)
         row[f"{label}_ms"] = 1e3 * median_time(step, repeats, sync)
         # Pool high-water mark of one step (inputs and parameters included): the pool
@@ -274,11 +274,9 @@ def gpu_row(size, repeats, torch):
         sync()
         del out
         row[f"{label}_pool_mb"] = pool.total_bytes() / 2**20
-    backend.set_cuda_kernels("raw")
+    fast.set_cuda_kernels("raw")
     try:  # the same fast path captured once in a CUDA graph, replayed per window
-        from rhn_np import fast
-
-        window = fast.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
+        window = graphs.CapturedWindow(gp, SIZES[size][4], SIZES[size][3])
         row["cupy_graph_ms"] = 1e3 * median_time(lambda: window(gx, gs0, gdy), repeats, sync)
         # The graphs' private pools, plus what lives in the default pool (parameters and
         # inputs), as the fast path's figure includes them: the same yardstick.

@@ -183,7 +183,7 @@ for temperature in (0.5, 1.0):
 # the network uses, character by character.
 #
 # We run the model over one piece of validation text with `lm.lm_forward` (no dropout
-# masks, zero initial state). Its cache holds every gate value: `cache["rhn"]["T"]` has
+# masks, zero initial state). Its cache holds every gate value: `lm.layer_cache(cache)["t"]` has
 # shape $(L, T, B, n)$ — micro-layer, character, batch row, unit. Averaging over the
 # $n$ units gives one number per micro-layer and character, as in the paper's figure.
 #
@@ -203,7 +203,7 @@ def gate_activity(p):
     """Mean transform-gate value over the units: (L, T), micro-layer by character."""
     s0 = np.zeros((1, p["R_H"].shape[1]), dtype=p["R_H"].dtype)
     _, _, cache = lm.lm_forward(p, ids, s0)  # masks None: dropout off
-    return np.asarray(cache["rhn"]["T"])[:, :, 0, :].mean(axis=-1)
+    return np.asarray(lm.layer_cache(cache)["t"])[:, :, 0, :].mean(axis=-1)
 
 
 params_init = train.init_model(cfg, ds)

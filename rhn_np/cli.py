@@ -19,10 +19,9 @@ import os
 import sys
 import time
 
-import numpy as _np
 from tqdm.auto import tqdm
 
-from . import __version__, backend, data
+from . import __version__, backend, config, data, tasks
 from . import train as T
 from .checkpoint import CheckpointError
 from .train import PRESETS, RunError, TrainingDiverged, held_run
@@ -94,25 +93,30 @@ def _latest_work_dir(name: str) -> str:
 
 
 def _train(args) -> int:
-    overrides = dict(
-        dataset=args.dataset, data_dir=args.data_dir, depth=args.depth, hidden=args.hidden, emb=args.emb,
-        batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, optimizer=args.optimizer,
-        max_steps=args.max_steps, epochs=args.epochs, time_limit=args.time_limit, eval_every=args.eval_every,
-        seed=args.seed, backend=args.backend, dtype=args.dtype, lr_decay=args.lr_decay, max_epoch=args.max_epoch,
-        clip=args.clip, weight_decay=args.weight_decay, transform_bias=args.transform_bias, tied=args.tied,
-        init_scale=args.init_scale,
-        drop_x=args.drop_x, drop_i=args.drop_i, drop_h=args.drop_h, drop_o=args.drop_o,
-        eval_batch_size=args.eval_batch_size, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
-        cuda_graphs=args.cuda_graphs,
-    )
+    overrides = config.options_given(args)
     preset = args.preset or "demo"
     if args.dataset is not None:
-        data._canonical_name(args.dataset)  # a typo is reported now, --print-config included
+        data.canonical_name(args.dataset)  # a typo is reported now, --print-config included
+    if args.params is not None and args.hidden is not None:
+        raise ValueError("give the width (--hidden) or a parameter budget (--params), not both")
+    if args.params is not None:
+        overrides["hidden"] = None  # resolved from the budget once the data set is known
     cfg = T.config_from_preset(preset, **overrides)
     if args.epochs is not None and args.max_steps is None:
         cfg.max_steps = None  # --epochs alone: that many epochs, not the preset's step count
-    if args.print_config:  # the resolved configuration, nothing trained or written
-        print(json.dumps(cfg.check().to_dict(), indent=2))
+    if args.print_config:  # the resolved configuration and its size, nothing trained or written
+        cfg.check()
+        try:  # the size needs the vocabulary: from files already here, nothing downloaded
+            ds = data.load(cfg.dataset, root=cfg.data_dir, download=False)
+        except FileNotFoundError as exc:
+            if cfg.params is not None:
+                raise FileNotFoundError(f"--params needs the data set's vocabulary to size the model: {exc}") from None
+            print(f"rhn-np train: the parameter count needs {cfg.dataset}'s files, which are not here yet "
+                  "(a run downloads them)", file=sys.stderr)
+            print(json.dumps({**cfg.to_dict(), "n_params": None}, indent=2))
+            return 0
+        cfg = tasks.resolve_width(cfg, ds)
+        print(json.dumps({**cfg.to_dict(), "n_params": tasks.count_params(cfg, ds)}, indent=2))
         return 0
     name = args.preset or (args.dataset or "demo")
     work_dir = args.work_dir or (_latest_work_dir(name) if args.resume else _default_work_dir(name))
@@ -123,13 +127,13 @@ def _train(args) -> int:
     else:
         held = T.held_run(work_dir)
         if held:
-            raise T.RunError(T._held_message(work_dir, held, cli=True))
+            raise T.RunError(T.held_message(work_dir, held, cli=True))
         trainer = T.Trainer(cfg, work_dir, progress=not args.quiet)
     cfg, ds = trainer.cfg, trainer.ds
-    n_params = sum(int(_np.prod(p.shape)) for p in trainer.params.values())
+    layers = f"{cfg.layers} layers of " if cfg.layers > 1 else ""
     print(f"training on {ds.name} ({ds.level} level, {len(ds.train):,} training {'sequences' if ds.kind != 'tokens' else 'symbols'}, "
-          f"vocabulary {ds.vocab_size}) with preset {preset}: depth {cfg.depth}, {cfg.hidden} units, "
-          f"{n_params:,} parameters, batch {cfg.batch_size} x {cfg.bptt} steps, {cfg.optimizer} lr {cfg.lr:g}, "
+          f"vocabulary {ds.vocab_size}) with preset {preset}: {layers}{cfg.cell}, depth {cfg.depth}, {cfg.hidden} units, "
+          f"{trainer.n_params:,} parameters, batch {cfg.batch_size} x {cfg.bptt} steps, {cfg.optimizer} lr {cfg.lr:g}, "
           f"{_steps(trainer.total_steps())}, backend {trainer.be.name} {cfg.dtype}")
     print(f"work folder: {work_dir}")
     try:
@@ -155,7 +159,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
-    T.check_run_data(meta, data._canonical_name(cfg.dataset))  # before loading (or downloading) anything
+    T.check_run_data(meta, data.canonical_name(cfg.dataset))  # before loading (or downloading) anything
     ds = data.load(cfg.dataset, root=args.data_dir or cfg.data_dir)
     T.check_run_data(meta, ds)
     batch = 1 if args.batch_1 else (cfg.eval_batch_size if args.batch_size is None else args.batch_size)
@@ -165,7 +169,7 @@ def _evaluate(args) -> int:
     rec = {"split": args.split, **res, "step": meta["step"], "epoch": meta["epoch"], "lr": None,
            "tokens_per_s": None, "level": ds.level, "dataset": ds.name, "batch_size": batch,
            "checkpoint": args.checkpoint, "time": time.time()}
-    T._append_metrics(args.work_dir, rec)
+    T.append_metrics(args.work_dir, rec)
     print(f"{ds.name} {args.split} ({res['n_tokens']:,} {'tokens' if ds.kind == 'tokens' else 'time steps'}, "
           f"batch {batch}, {args.checkpoint} checkpoint at step {meta['step']}): {_score(rec)}")
     return 0
@@ -198,47 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train a model (no arguments: the demo preset on the embedded pydoc corpus)", formatter_class=_Help,
-        description="Train an RHN language model. With no arguments: the 'demo' preset, a small character "
+        description="Train a language model: an RHN (--cell rhn) or one of the paper's deep-transition "
+                    "baselines (--cell dt_rnn, dts_rnn), one or more layers (--layers). With no arguments: the 'demo' preset, a small character "
                     "model on the embedded 'pydoc' corpus, a few minutes on a laptop CPU. Options override "
                     "the preset's values.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration (default: demo)")
-    p.add_argument("--dataset", help="ptb, ptb-char, text8, enwik8, jsb or pydoc (default: the preset's)")
-    p.add_argument("--data-dir", help="folder holding the data files, or its parent (default: the download cache, "
-                                      "$RHN_NP_DATA_HOME or ~/.cache/rhn_np, where missing files are downloaded)")
-    p.add_argument("--depth", type=int, help="recurrence depth L")
-    p.add_argument("--hidden", type=int, help="RHN units n")
-    p.add_argument("--emb", type=int, help="embedding width (default: the vocabulary size when untied and smaller than --hidden, else --hidden)")
-    p.add_argument("--batch-size", type=int, help="B, rows of the token stream")
-    p.add_argument("--bptt", type=int, help="T, steps per truncated-BPTT window")
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--lr-schedule", choices=("epoch", "cosine"),
-                   help="epoch: the authors' (constant, then /lr-decay per epoch); cosine: down to lr/20 over --decay-steps")
-    p.add_argument("--decay-steps", type=int, help="length of the cosine decay in steps")
-    p.add_argument("--lr-decay", type=float, help="divide the lr by this every epoch after --max-epoch")
-    p.add_argument("--max-epoch", type=int, help="epochs at the constant initial lr")
-    p.add_argument("--clip", type=float, help="global gradient-norm clip")
-    p.add_argument("--weight-decay", type=float, help="L2 coefficient wd of wd/2 * sum(w^2) (the authors: 1e-7)")
-    p.add_argument("--transform-bias", type=float, help="initial transform-gate bias b_T")
-    p.add_argument("--init-scale", type=float, help="weights start uniform in (-init_scale, init_scale) (the authors: 0.04)")
-    p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight tying of embedding and softmax (needs emb == hidden)")
-    for mask, what in (("x", "whole input symbols (word-type)"), ("i", "RHN input features"),
-                       ("h", "the state entering every micro-layer"), ("o", "RHN output before the softmax")):
-        p.add_argument(f"--drop-{mask}", type=float, help=f"variational dropout probability on {what}")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --backend cupy, replay the RHN layer's forward and BPTT from CUDA graphs (default: on)")
-    p.add_argument("--max-steps", type=int, help="stop after this many training windows")
-    p.add_argument("--epochs", type=int, help="stop after this many epochs")
-    p.add_argument("--time-limit", type=float, help="stop after this many minutes (then validate and save)")
-    p.add_argument("--eval-every", type=int, help="validate every N steps (default: the preset's; once per epoch for the paper presets)")
-    p.add_argument("--eval-batch-size", type=int, help="rows of the batched validation")
+    config.add_options(p)  # one option per setting, from its declaration in rhn_np.config
     p.add_argument("--work-dir", help="folder for metrics, checkpoints and the learning curve (default: "
                                       "rhn-runs/<preset, else data set>, then -2, -3, ... so that no run is overwritten)")
     p.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its checkpoint.npz")
-    p.add_argument("--seed", type=int, help="seed of the initial weights, dropout masks and shuffling")
-    p.add_argument("--backend", choices=("numpy", "cupy", "auto"), help="array backend (default: numpy; auto: cupy if usable)")
-    p.add_argument("--dtype", choices=("float32", "float64"), help="floating-point type (default: float32)")
     p.add_argument("--sample-length", type=_int_at_least(0), default=300, help="characters/words to sample at the end (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",

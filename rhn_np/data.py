@@ -138,7 +138,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from .checkpoint import atomic_open
-from .rhn import _positive_int
+from .checks import positive_int
 
 __all__ = [
     "Dataset",
@@ -501,7 +501,7 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     DataFormatError
         A file does not have the expected format.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if sha256 is not None and (key in ("pydoc", "ptb-char") or root is not None):
         why = {"pydoc": "pydoc is built on this machine, not downloaded",
                "ptb-char": "ptb-char is built from, and checked against, the registry's ptb word files; for "
@@ -527,7 +527,7 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
     return _LOADERS[key](key, spec, paths, digests)
 
 
-def _canonical_name(name) -> str:
+def canonical_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"the data set name must be a str, got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
@@ -886,7 +886,7 @@ def _derive_ptb_char(spec, folder: pathlib.Path, download: bool) -> dict:
 # ----------------------------------------------------------------------------
 def split_by_position(n: int) -> tuple[int, int, int]:
     """Sizes of the first 90 %, next 5 %, last 5 % of ``n`` items (integer arithmetic)."""
-    n = _positive_int("n (a count of items)", n, minimum=0)
+    n = positive_int("n (a count of items)", n, minimum=0)
     n_train = n * 90 // 100
     n_valid = n * 5 // 100
     return n_train, n_valid, n - n_train - n_valid

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _backend
-from . import rhn
+from . import checks, rhn
 from .lm import HEAD_KEYS
 
 __all__ = ["rel_error", "numerical_gradient", "directional_check", "rhn_loss", "check_rhn"]
@@ -47,25 +47,8 @@ def rel_error(x, y, tiny=1e-300):
     return float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(x) + np.abs(y))), tiny))
 
 
-def _check_float64(name, a):
-    """Every numerical check runs on float64 host arrays (the module docstring says why)."""
-    if isinstance(a, np.generic):
-        raise TypeError(f"{name} must be a float64 NumPy array, got a NumPy scalar ({a.dtype}): use "
-                        f"np.array({name}, dtype=np.float64)")
-    if not isinstance(a, np.ndarray):
-        kind = _backend.name_of(a)
-        kind = f"{kind} array" if kind in ("cupy", "array_api_strict") else kind
-        raise TypeError(f"{name} must be a float64 NumPy array, got: {kind}. Move it to the host with "
-                        f"rhn_np.backend.to_host({name}) (or np.asarray) and cast with .astype(np.float64)")
-    if a.dtype != np.float64:
-        why = ("an integer array would round every x ± h" if not np.issubdtype(a.dtype, np.floating)
-               else f"{a.dtype} round-off swamps central differences" if a.itemsize < 8
-               else "the checks are written and calibrated for float64")
-        raise TypeError(f"{name} must be a float64 NumPy array, got {a.dtype} ({why}): use {name}.astype(np.float64)")
-
-
 def _check_perturbable(x):
-    _check_float64("x", x)  # perturbed in place, so it must be the caller's float64 array
+    checks.float64_host("x", x)  # perturbed in place, so it must be the caller's float64 array
 
 
 def numerical_gradient(f, x, df=None, h=1e-5):
@@ -173,7 +156,7 @@ def check_rhn(params, xs, s0, dys, masks=None, ds_last=None, *, impl="reference"
                          "language model's; for those, compare lm_loss_and_grads with numerical_gradient")
     arrays = {**params, "xs": xs, "s0": s0}
     for name, a in arrays.items():
-        _check_float64(name if name in ("xs", "s0") else f"params[{name!r}]", a)
+        checks.float64_host(name if name in ("xs", "s0") else f"params[{name!r}]", a)
     ys, cache = rhn.forward(params, xs, s0, masks, impl=impl)
     grads, dxs, ds0 = rhn.backward(params, cache, dys, ds_last)
     analytic = {**grads, "xs": dxs, "s0": ds0}

@@ -1,4 +1,7 @@
-r"""Language-model pieces around the RHN layer: embedding, dropout masks, output losses.
+r"""Language-model pieces around the recurrent layers: embedding, dropout masks, output losses.
+
+The recurrent layers are any cell of :mod:`rhn_np.cells` (the RHN, the DT-RNN, the
+DT(S)-RNN), one or several stacked; below, ``RHN`` stands for whichever cell it is.
 
 Word-level model (PTB, enwik8, text8; paper §5.2 and the authors' ``rhn.py``), for a
 window of token ids ``ids (T, B)`` and next-token targets ``targets (T, B)``::
@@ -37,7 +40,13 @@ shared by every time step and every micro-layer (:func:`draw_masks`)::
 The authors' configurations give *drop* probabilities (PTB: x .25, i .75, h .25,
 o .75): ``keep = 1 - drop``.
 
-Parameters are one dict: the RHN layer's keys (:func:`rhn_np.rhn.param_shapes`) plus::
+**Stacked layers** (``layers = K``, the authors' ``num_layers``): layer k + 1 reads
+layer k's outputs ``y_t``; each layer has its own input and state masks (``"i"``,
+``"h"`` for layer 1, ``"layer<k>.i"``, ``"layer<k>.h"`` above it) and its own carried
+state (``s`` is then (K, B, n)); ``m_o`` and the softmax act on the last layer.
+
+Parameters are one dict: layer 1's keys (the cell's, e.g. :func:`rhn_np.rhn.param_shapes`),
+``"layer<k>.<key>"`` for layer k >= 2 (:func:`layer_params` splits them out), plus::
 
     E      (V, n_emb)   embedding (word model only)
     W_out  (n, V)       softmax / output weights (absent when tied: Eᵀ is used)
@@ -53,11 +62,20 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _backend
-from . import rhn
+from . import cells, checks, rhn
 
 __all__ = [
     "init_lm_params",
     "layer_params",
+    "layer_key",
+    "n_layers",
+    "param_shapes",
+    "cell_of",
+    "layer_cache",
+    "layers_forward",
+    "layers_backward",
+    "state_shape",
+    "zero_state",
     "init_dense_params",
     "draw_masks",
     "draw_dense_masks",
@@ -80,13 +98,42 @@ __all__ = [
     "dense_logits",
 ]
 
-HEAD_KEYS = ("E", "W_out", "b_out")  # the keys that are not the RHN layer's
+# ----------------------------------------------------------------------------
+# Parameters: layers of any cell, then the heads
+# ----------------------------------------------------------------------------
+HEAD_KEYS = ("E", "W_out", "b_out")  # the keys that are not a layer's
 
 
-# ----------------------------------------------------------------------------
-# Parameters
-# ----------------------------------------------------------------------------
-_check_int = rhn._positive_int  # one integer check for the whole package
+def layer_key(k: int, name: str) -> str:
+    """The key of layer ``k``'s parameter ``name`` in a model's dict: the cell's own name for
+    layer 1 (``"R_H"``), ``"layer<k>.<name>"`` above it (``"layer2.R_H"``)."""
+    return name if k == 1 else f"layer{k}.{name}"
+
+
+def n_layers(params) -> int:
+    """Number of stacked layers of a model's ``params``."""
+    tops = [int(key.split(".", 1)[0][len("layer"):]) for key in params if key.startswith("layer")]
+    return max(tops, default=1)
+
+
+def layer_params(params, k: int = 1):
+    """Layer ``k``'s part of a model's ``params`` (1 = the layer that reads the inputs), under
+    the cell's own names: what :mod:`rhn_np.rhn` / :mod:`rhn_np.dtrnn` and
+    :mod:`rhn_np.theory` take, e.g. for the Jacobians of a trained model
+    (``train.load_run``). The arrays are shared, not copied."""
+    if not isinstance(params, dict) or "b_out" not in params:
+        raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
+    if k == 1:
+        return {key: v for key, v in params.items() if key not in HEAD_KEYS and not key.startswith("layer")}
+    prefix = f"layer{k}."
+    layer = {key[len(prefix):]: v for key, v in params.items() if key.startswith(prefix)}
+    if not layer:
+        raise ValueError(f"the model has {n_layers(params)} layer(s), not a layer {k}")
+    return layer
+
+
+def _add_layer(params, k, layer):
+    params.update({layer_key(k, name): v for name, v in layer.items()})
 
 
 def _uniform(rng, be, shape, init_scale, dtype):
@@ -100,6 +147,8 @@ def init_lm_params(
     depth,
     *,
     tied=False,
+    cell="rhn",
+    layers=1,
     coupled=True,
     transform_bias=-2.0,
     init_scale=0.04,
@@ -107,52 +156,56 @@ def init_lm_params(
     dtype="float32",
     backend="numpy",
 ):
-    """Initial parameters of the word-level model: RHN layer, embedding, softmax.
+    """Initial parameters of the word-level model: layers of a cell, embedding, softmax.
 
-    Everything is U(-init_scale, init_scale) except ``b_T = transform_bias`` (see
-    :func:`rhn_np.rhn.init_params`).
+    Everything is U(-init_scale, init_scale) except an RHN's ``b_T = transform_bias``
+    (see :func:`rhn_np.rhn.init_params`).
 
     Draw order, from one host generator ``numpy.random.default_rng(seed)``:
 
-    1. the RHN layer exactly as ``rhn.init_params(n_emb, n, depth, seed=seed, ...)``
-       (so the layer's weights equal that call's);
+    1. layer 1 exactly as ``<cell>.init_params(n_emb, n, depth, seed=seed, ...)``
+       (so its weights equal that call's);
     2. ``E (V, n_emb)``;
     3. ``b_out (V,)``;
-    4. ``W_out (n, V)``, untied only.
+    4. ``W_out (n, V)``, untied only;
+    5. layers 2..``layers`` (each ``(n, n, depth)``), keys ``"layer<k>.<name>"``.
 
-    Hence a tied model's parameters are exactly the untied model's without ``W_out``.
+    Hence a tied model's parameters are exactly the untied model's without ``W_out``,
+    and a one-layer model's are those of the stack's first layer and heads.
 
     Parameters
     ----------
     vocab, n_emb, n, depth : int
-        Vocabulary size V, embedding width, RHN units, recurrence depth L.
+        Vocabulary size V, embedding width, units per layer, recurrence depth L.
     tied : bool
         Weight tying: ``logits = y @ Eᵀ + b_out``; needs ``n_emb == n``.
-    coupled, transform_bias, init_scale, seed, dtype, backend :
-        as in :func:`rhn_np.rhn.init_params`.
+    cell : "rhn", "dt_rnn" or "dts_rnn" (:mod:`rhn_np.cells`)
+    layers : int, stacked layers (layer k + 1 reads layer k's outputs)
+    coupled, transform_bias : the RHN's (ignored by the other cells)
+    init_scale, seed, dtype, backend : as in :func:`rhn_np.rhn.init_params`.
 
     Returns
     -------
-    dict: the RHN keys, ``E`` (V, n_emb), ``b_out`` (V,) and, untied, ``W_out`` (n, V).
+    dict: the layers' keys, ``E`` (V, n_emb), ``b_out`` (V,) and, untied, ``W_out`` (n, V).
     """
-    vocab = _check_int("vocab", vocab)
-    n_emb = _check_int("n_emb", n_emb)
-    n = _check_int("n", n)
+    vocab, n_emb, n = (checks.positive_int(k, v) for k, v in (("vocab", vocab), ("n_emb", n_emb), ("n", n)))
+    layers = checks.positive_int("layers", layers)
     if tied and n_emb != n:
         raise ValueError(
             f"weight tying uses E (vocab, n_emb) as the softmax weights Eᵀ (n, vocab), so it needs "
             f"n_emb == n; got n_emb={n_emb}, n={n}"
         )
+    c = cells.get(cell)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
-    params = rhn.init_params(
-        n_emb, n, depth, coupled=coupled, transform_bias=transform_bias, init_scale=init_scale,
-        seed=rng, dtype=dtype, backend=be,
-    )
+    opts = dict(coupled=coupled, transform_bias=transform_bias, init_scale=init_scale, seed=rng, dtype=dtype, backend=be)
+    params = c.init_params(n_emb, n, depth, **opts)
     params["E"] = _uniform(rng, be, (vocab, n_emb), init_scale, dtype)
     params["b_out"] = _uniform(rng, be, (vocab,), init_scale, dtype)
     if not tied:
         params["W_out"] = _uniform(rng, be, (n, vocab), init_scale, dtype)
+    for k in range(2, layers + 1):
+        _add_layer(params, k, c.init_params(n, n, depth, **opts))
     return params
 
 
@@ -162,6 +215,8 @@ def init_dense_params(
     depth,
     *,
     n_out=None,
+    cell="rhn",
+    layers=1,
     coupled=True,
     transform_bias=-2.0,
     init_scale=0.04,
@@ -171,99 +226,142 @@ def init_dense_params(
 ):
     """Initial parameters of the dense-input model (JSB piano rolls, ``n_in = n_out = 88``).
 
-    The inputs go straight into the RHN (its ``W_H, W_T`` are the input weights).
-    Draw order from ``numpy.random.default_rng(seed)``: the RHN layer as
-    ``rhn.init_params(n_in, n, depth, seed=seed, ...)``, then ``b_out (n_out,)``,
-    then ``W_out (n, n_out)``; all U(-init_scale, init_scale) except ``b_T``.
+    The inputs go straight into layer 1 (its input weights are the input projection).
+    Draw order from ``numpy.random.default_rng(seed)``: layer 1 as
+    ``<cell>.init_params(n_in, n, depth, seed=seed, ...)``, then ``b_out (n_out,)``, then
+    ``W_out (n, n_out)``, then layers 2..``layers``; all U(-init_scale, init_scale)
+    except an RHN's ``b_T``.
 
     Returns
     -------
-    dict: the RHN keys, ``W_out`` (n, n_out) and ``b_out`` (n_out,); ``n_out``
+    dict: the layers' keys, ``W_out`` (n, n_out) and ``b_out`` (n_out,); ``n_out``
     defaults to ``n_in`` (next-step prediction of the same roll).
     """
-    n_in = _check_int("n_in", n_in)
-    n_out = n_in if n_out is None else _check_int("n_out", n_out)
-    n = _check_int("n", n)
+    n_in = checks.positive_int("n_in", n_in)
+    n_out = n_in if n_out is None else checks.positive_int("n_out", n_out)
+    n = checks.positive_int("n", n)
+    layers = checks.positive_int("layers", layers)
+    c = cells.get(cell)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
-    params = rhn.init_params(
-        n_in, n, depth, coupled=coupled, transform_bias=transform_bias, init_scale=init_scale,
-        seed=rng, dtype=dtype, backend=be,
-    )
+    opts = dict(coupled=coupled, transform_bias=transform_bias, init_scale=init_scale, seed=rng, dtype=dtype, backend=be)
+    params = c.init_params(n_in, n, depth, **opts)
     params["b_out"] = _uniform(rng, be, (n_out,), init_scale, dtype)
     params["W_out"] = _uniform(rng, be, (n, n_out), init_scale, dtype)
+    for k in range(2, layers + 1):
+        _add_layer(params, k, c.init_params(n, n, depth, **opts))
     return params
 
 
-def _check_lm_masks(params, T, B, masks):
-    """The masks checked under the LM's own names (the layer would report "i" and "h" as
-    its masks['x'] and masks['s']): "x" (T, B, 1) or (T, B), one bit per token; "i"
-    (B, n_in), "h" (B, n) and "o" (B, n); all in the parameters' dtype."""
-    if not isinstance(masks, dict):
-        return
-    dtype, n_in, n = params["R_H"].dtype, params["W_H"].shape[0], params["R_H"].shape[1]
-    shapes = {"x": ((T, B, 1), (T, B)), "i": ((B, n_in),), "h": ((B, n),), "o": ((B, n),)}
-    for key, allowed in shapes.items():
-        m = masks.get(key)
-        if m is None:
-            continue
-        if tuple(getattr(m, "shape", ())) not in allowed:
-            want = f"(T, B, 1) = {allowed[0]} (one bit per token: lm.draw_masks)" if key == "x" else allowed[0]
-            raise ValueError(f"masks[{key!r}] has shape {tuple(getattr(m, 'shape', ()))}, expected {want}")
-        if m.dtype != dtype:
-            raise TypeError(f"masks[{key!r}] is {m.dtype} but the parameters are {dtype}: draw the masks with "
-                            f"dtype='{dtype}' (lm.draw_masks(..., dtype=...))")
+def param_shapes(cell, n_in, n, depth, n_out, *, layers=1, coupled=True, vocab=None, tied=False):
+    """Shape of every parameter of a model, without building it (``vocab``: a word model
+    with an embedding ``E (vocab, n_in)``; ``n_out`` is then ``vocab``)."""
+    c = cells.get(cell)
+    shapes = dict(c.param_shapes(n_in, n, depth, coupled=coupled))
+    if vocab is not None:
+        shapes["E"] = (vocab, n_in)
+    shapes["b_out"] = (n_out,)
+    if not tied:
+        shapes["W_out"] = (n, n_out)
+    for k in range(2, layers + 1):
+        shapes.update({layer_key(k, name): s for name, s in c.param_shapes(n, n, depth, coupled=coupled).items()})
+    return shapes
 
 
-def _check_head(params):
-    """``W_out`` (n, V) and ``b_out`` (V,) fit the layer (and ``E``), in the parameters' dtype."""
-    R_H = params.get("R_H")
-    if not (rhn._is_array(R_H) and len(R_H.shape) == 3):
-        rhn._check_params(layer_params(params))  # the layer's own message; rhn.forward checks it fully
-    n, dtype = R_H.shape[1], R_H.dtype
-    W_out = params.get("W_out")
-    if W_out is not None:
-        V = params["E"].shape[0] if "E" in params else (W_out.shape[-1] if getattr(W_out, "ndim", 0) == 2 else None)
-        if V is None or tuple(W_out.shape) != (n, V):
-            raise ValueError(f"params['W_out'] has shape {tuple(getattr(W_out, 'shape', ()))}, expected (n, V) = "
-                             f"{(n, V or 'V')}")
-    else:
-        V = params["E"].shape[0]
-    for key, a in (("W_out", W_out), ("b_out", params["b_out"])):
-        if key == "b_out" and tuple(getattr(a, "shape", ())) != (V,):
-            raise ValueError(f"params['b_out'] has shape {tuple(getattr(a, 'shape', ()))}, expected (V,) = ({V},)")
-        if a is not None and a.dtype != dtype:
-            raise TypeError(f"params[{key!r}] is {a.dtype} but the layer's parameters are {dtype}: use one dtype")
+def _stack(params):
+    """The model's layers: ``[(cell module, layer params, (n_in, n, depth, dtype)), ...]``, checked."""
+    out = []
+    for k in range(1, n_layers(params) + 1):
+        lp = layer_params(params, k)
+        cell = cells.of(lp)
+        out.append((cell, lp, cell.dims(lp)))
+    n = out[0][2][1]
+    for k, (_, _, d) in enumerate(out[1:], 2):
+        if d[0] != n or d[1] != n:
+            raise ValueError(f"layer {k} reads {d[0]} inputs and has {d[1]} units; every layer above the first reads "
+                             f"the {n} outputs of the one below and has {n} units")
+    return out
 
 
-def _check_time_major(name, a, s0):
-    """A (B, T, ...) array where (T, B, ...) belongs gets a message about the layout."""
-    if (hasattr(a, "shape") and hasattr(s0, "shape") and len(a.shape) >= 2 and len(s0.shape) == 2
-            and s0.shape[0] != a.shape[1] and s0.shape[0] == a.shape[0] > 1):
-        layout = "(T, B)" if len(a.shape) == 2 else "(T, B, ...)"
-        fix = f"{name}.T" if len(a.shape) == 2 else f"{name}.transpose(1, 0, 2)"
-        raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected (B, n) with B = {a.shape[1]} rows, from {name} "
-                         f"{tuple(a.shape)}. If {name} is batch-major, make it time-major, {layout}, with {fix}")
+def cell_of(params):
+    """The cell module of a model's layers (:func:`rhn_np.cells.of` of layer 1)."""
+    return cells.of(layer_params(params, 1))
 
 
-def layer_params(params):
-    """The RHN layer's part of a model's ``params`` (every key but E, W_out, b_out):
-    what :func:`rhn_np.rhn.forward` and :mod:`rhn_np.theory` take, e.g. for the
-    Jacobians of a trained model (``train.load_run``). The arrays are shared, not copied."""
-    if not isinstance(params, dict) or "b_out" not in params:
-        raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
-    return {k: v for k, v in params.items() if k not in HEAD_KEYS}
+def _layer_states(s, K):
+    """A model's carried state -> one (B, n) state per layer."""
+    return [s] if K == 1 else [s[k, ...] for k in range(K)]
+
+
+def _model_masks(masks, K):
+    """The LM's mask dict -> one ``{"x", "s"}`` dict (or None) per layer."""
+    out = []
+    for k in range(1, K + 1):
+        m = {"x": (masks or {}).get(layer_key(k, "i")), "s": (masks or {}).get(layer_key(k, "h"))}
+        out.append({key: v for key, v in m.items() if v is not None} or None)
+    return out
+
+
+def _check_masks(params, stack, T, B, masks, word):
+    dtype, n_in, n = stack[0][2][3], stack[0][2][0], stack[0][2][1]
+    shapes = {"i": ((B, n_in),), "h": ((B, n),), "o": ((B, n),)}
+    if word:
+        shapes["x"] = ((T, B, 1), (T, B))
+    for k in range(2, len(stack) + 1):
+        shapes.update({layer_key(k, "i"): ((B, n),), layer_key(k, "h"): ((B, n),)})
+    checks.lm_masks(masks, tuple(shapes), shapes, dtype)
+
+
+def layers_forward(params, X, s0, masks=None, *, impl="auto", layer=None):
+    """The stacked layers over one window: layer k + 1 reads layer k's outputs.
+
+    X (T, B, n_in) the first layer's inputs; s0 (B, n), or (K, B, n) for K layers;
+    ``masks`` the LM's (keys "i", "h", "layer<k>.i", "layer<k>.h" used here).
+    ``layer``: optional :class:`rhn_np.graphs.CapturedLayer`, or one per layer (None
+    entries run the cell's own forward). Returns the last layer's outputs ys (T, B, n),
+    the last state of every layer (the form of ``s0``) and the caches.
+    """
+    stack = _stack(params)
+    K = len(stack)
+    captured = layer if isinstance(layer, (list, tuple)) else [layer] + [None] * (K - 1)
+    states, caches, inputs = [], [], X
+    xp = _backend.namespace(X, s0)
+    for (cell, lp, _), s_k, m_k, cap in zip(stack, _layer_states(s0, K), _model_masks(masks, K), captured):
+        if cap is None:
+            ys, cache = cell.forward(lp, inputs, s_k, m_k, impl=impl)
+        else:
+            ys, cache = cap.forward(lp, inputs, s_k, m_k)
+        states.append(ys[-1, ...])
+        caches.append((cell, cap, cache))
+        inputs = ys
+    s_last = states[0] if K == 1 else xp.stack(states)
+    return inputs, s_last, caches
+
+
+def layer_cache(cache, k: int = 1):
+    """Layer ``k``'s own cache inside a cache of :func:`lm_forward` / :func:`dense_forward`
+    (the cell's, e.g. :func:`rhn_np.rhn.forward`'s: ``layer_cache(cache)["t"]`` holds the
+    transform-gate values of layer 1)."""
+    return cache["layers"][k - 1][2]
+
+
+def layers_backward(params, caches, dys, ds_last=None):
+    """Backward of :func:`layers_forward`: ``(grads of every layer's keys, dX, ds0)``."""
+    K = len(caches)
+    ds_lasts = [None] * K if ds_last is None else _layer_states(ds_last, K)
+    grads, ds0s = {}, [None] * K
+    for k in reversed(range(K)):
+        cell, cap, cache = caches[k]
+        lp = layer_params(params, k + 1)
+        g, dys, ds0s[k] = (cap or cell).backward(lp, cache, dys, ds_lasts[k])
+        _add_layer(grads, k + 1, g)
+    xp = _backend.namespace(dys)
+    return grads, dys, (ds0s[0] if K == 1 else xp.stack(ds0s))
 
 
 # ----------------------------------------------------------------------------
 # Variational dropout masks (drawn on the host, once per window)
 # ----------------------------------------------------------------------------
-def _check_keep(name, keep):
-    if not (rhn._is_real(keep) and 0.0 < keep <= 1.0):
-        raise ValueError(f"{name} must be a probability in (0, 1] (keep = 1 - drop), got {keep!r}")
-    return float(keep)
-
-
 def _bernoulli(rng, shape, keep):
     """Inverted dropout values on the host: 1/keep with probability keep, else 0."""
     return (rng.random(shape) < keep).astype(np.float64) / keep
@@ -284,14 +382,14 @@ def _word_type_mask(rng, ids_host, keep):
     return mask[:, :, None]  # (T, B, 1)
 
 
-def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0, keep_o=1.0,
+def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0, keep_o=1.0, layers=1,
                dtype="float32", backend="numpy"):
     """The four variational-dropout masks of the word model for one window.
 
     Drawn on the host with ``rng`` (a seed or a ``numpy.random.Generator``, advanced in
-    place) in the order x, i, h, o; a mask whose keep is 1 is ``None`` and draws
-    nothing. Values are ``Bernoulli(keep) / keep`` (inverted dropout: the expectation
-    of every masked quantity is unchanged).
+    place) in the order x, i, h, o, then ``i``, ``h`` of layers 2..``layers``; a mask
+    whose keep is 1 is ``None`` and draws nothing. Values are ``Bernoulli(keep) / keep``
+    (inverted dropout: the expectation of every masked quantity is unchanged).
 
     Parameters
     ----------
@@ -302,6 +400,7 @@ def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0,
     vocab, n_emb, n : int
     keep_x, keep_i, keep_h, keep_o : float in (0, 1]
         Keep probabilities (``1 - drop`` of the authors' configs).
+    layers : stacked layers: each has its own input and state masks
     dtype, backend : of the returned masks (the parameters' ones)
 
     Returns
@@ -309,77 +408,57 @@ def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0,
     dict with
         ``"x"`` (T, B, 1): word-type mask on the embeddings; all occurrences of a
         token within one row of the window share one value, rows are independent;
-        ``"i"`` (B, n_emb): RHN input mask (-> ``rhn`` ``masks["x"]``);
-        ``"h"`` (B, n): state mask of every micro-layer (-> ``rhn`` ``masks["s"]``);
-        ``"o"`` (B, n): output mask before the softmax.
+        ``"i"`` (B, n_emb): input mask of layer 1 (-> its ``masks["x"]``);
+        ``"h"`` (B, n): state mask of every micro-layer of layer 1 (-> ``masks["s"]``);
+        ``"o"`` (B, n): output mask before the softmax;
+        ``"layer<k>.i"``, ``"layer<k>.h"`` (B, n): the same for layer k >= 2.
     """
-    keep_x, keep_i, keep_h, keep_o = (_check_keep(k, v) for k, v in
+    keep_x, keep_i, keep_h, keep_o = (checks.keep(k, v) for k, v in
                                       (("keep_x", keep_x), ("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
-    vocab = _check_int("vocab", vocab)
+    vocab = checks.positive_int("vocab", vocab)
     ids_host = np.asarray(_backend.to_host(ids))
-    if ids_host.ndim != 2 or not np.issubdtype(ids_host.dtype, np.integer):
-        raise ValueError(f"ids must be an integer array of shape (T, B), got {ids_host.dtype} {ids_host.shape}")
-    if ids_host.size and (ids_host.min() < 0 or ids_host.max() >= vocab):
-        raise ValueError(f"ids must lie in [0, vocab={vocab}), got [{ids_host.min()}, {ids_host.max()}]")
+    checks.host_ids(ids_host, vocab)
     rng = _backend.host_rng(rng)
     be = _backend.get(backend)
     B = ids_host.shape[1]
     masks = {"x": None if keep_x == 1.0 else _word_type_mask(rng, ids_host, keep_x)}
-    masks.update(_dense_masks(rng, B, _check_int("n_emb", n_emb), n, keep_i, keep_h, keep_o))
+    masks.update(_dense_masks(rng, B, checks.positive_int("n_emb", n_emb), n, keep_i, keep_h, keep_o, layers))
     return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
 
 
-def _dense_masks(rng, B, n_in, n, keep_i, keep_h, keep_o):
-    n_in = _check_int("n_in", n_in)
-    n = _check_int("n", n)
-    return {
+def _dense_masks(rng, B, n_in, n, keep_i, keep_h, keep_o, layers):
+    n_in = checks.positive_int("n_in", n_in)
+    n = checks.positive_int("n", n)
+    layers = checks.positive_int("layers", layers)
+    masks = {
         "i": None if keep_i == 1.0 else _bernoulli(rng, (B, n_in), keep_i),  # (B, n_in)
         "h": None if keep_h == 1.0 else _bernoulli(rng, (B, n), keep_h),  # (B, n)
         "o": None if keep_o == 1.0 else _bernoulli(rng, (B, n), keep_o),  # (B, n)
     }
+    for k in range(2, layers + 1):  # after the first layer's: a one-layer run draws as before
+        masks[layer_key(k, "i")] = None if keep_i == 1.0 else _bernoulli(rng, (B, n), keep_i)
+        masks[layer_key(k, "h")] = None if keep_h == 1.0 else _bernoulli(rng, (B, n), keep_h)
+    return masks
 
 
-def draw_dense_masks(rng, batch, *, n_in, n, keep_i=1.0, keep_h=1.0, keep_o=1.0, dtype="float32", backend="numpy"):
+def draw_dense_masks(rng, batch, *, n_in, n, keep_i=1.0, keep_h=1.0, keep_o=1.0, layers=1, dtype="float32",
+                     backend="numpy"):
     """Masks of the dense-input model (piano rolls): like :func:`draw_masks` without "x".
 
-    Draw order i, h, o; returns ``{"i": (B, n_in), "h": (B, n), "o": (B, n)}`` with
-    ``None`` where keep is 1.
+    Draw order i, h, o, then layers 2..``layers``; returns ``{"i": (B, n_in), "h": (B, n),
+    "o": (B, n), ...}`` with ``None`` where keep is 1.
     """
-    keep_i, keep_h, keep_o = (_check_keep(k, v) for k, v in (("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
-    batch = _check_int("batch", batch)
+    keep_i, keep_h, keep_o = (checks.keep(k, v) for k, v in (("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
+    batch = checks.positive_int("batch", batch)
     rng = _backend.host_rng(rng)
     be = _backend.get(backend)
-    masks = _dense_masks(rng, batch, n_in, n, keep_i, keep_h, keep_o)
+    masks = _dense_masks(rng, batch, n_in, n, keep_i, keep_h, keep_o, layers)
     return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
-
-
-def _unpack_masks(masks, allowed):
-    """Our mask dict -> (word mask, the RHN's mask dict or None, output mask)."""
-    if masks is None:
-        return None, None, None
-    if not isinstance(masks, dict) or not set(masks) <= set(allowed):
-        got = f"keys {sorted(map(str, masks))}" if isinstance(masks, dict) else type(masks).__name__
-        raise ValueError(f"masks must be a dict with keys among {allowed} (lm.draw_masks), got {got}")
-    rhn_masks = {"x": masks.get("i"), "s": masks.get("h")}  # i -> RHN input, h -> RHN state
-    rhn_masks = {k: v for k, v in rhn_masks.items() if v is not None} or None
-    return masks.get("x"), rhn_masks, masks.get("o")
 
 
 # ----------------------------------------------------------------------------
 # Embedding
 # ----------------------------------------------------------------------------
-def _check_ids(xp, name, ids, vocab):
-    if not hasattr(ids, "shape") or len(ids.shape) != 2:
-        raise ValueError(f"{name} must have shape (T, B), got {getattr(ids, 'shape', type(ids).__name__)}")
-    if not xp.isdtype(ids.dtype, "integral"):
-        raise TypeError(f"{name} must be an integer array, got {ids.dtype}")
-    # Range check only where the data is on the host (on a GPU it would force a sync).
-    if _backend.name_of(ids) == "numpy" and ids.size:
-        lo, hi = int(np.min(ids)), int(np.max(ids))
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"{name} must lie in [0, vocab={vocab}), got values in [{lo}, {hi}]")
-
-
 def _word_mask_3d(xp, word_mask):
     if word_mask is not None and len(word_mask.shape) == 2:
         return word_mask[:, :, None]  # (T, B) -> (T, B, 1)
@@ -400,7 +479,7 @@ def embedding_forward(E, ids, word_mask=None):
     X : (T, B, n_emb)
     """
     xp = _backend.namespace(E, ids, word_mask)
-    _check_ids(xp, "ids", ids, E.shape[0])
+    checks.ids(xp, "ids", ids, E.shape[0])
     T, B = ids.shape
     X = xp.reshape(xp.take(E, xp.reshape(ids, (T * B,)), axis=0), (T, B, E.shape[1]))  # (T, B, n_emb)
     word_mask = _word_mask_3d(xp, word_mask)
@@ -431,7 +510,7 @@ def embedding_backward(dX, ids, vocab_shape, word_mask=None):
     V, n_emb = tuple(vocab_shape)
     if d != n_emb or tuple(ids.shape) != (T, B):
         raise ValueError(f"dX {tuple(dX.shape)} and ids {tuple(ids.shape)} do not match vocab_shape {tuple(vocab_shape)}")
-    _check_ids(xp, "ids", ids, V)  # a negative id would silently send its gradient to row V - k
+    checks.ids(xp, "ids", ids, V)  # a negative id would silently send its gradient to row V - k
     word_mask = _word_mask_3d(xp, word_mask)
     dXm = dX if word_mask is None else dX * word_mask  # (T, B, n_emb)
     dE = xp.zeros((V, n_emb), dtype=dX.dtype, device=_backend.device_of(dX))
@@ -459,14 +538,6 @@ def _pick(xp, a, targets):
     return xp.reshape(xp.take(xp.reshape(a, (T * B * V,)), flat), (T, B))
 
 
-def _check_targets(xp, logits, targets):
-    if len(logits.shape) != 3:
-        raise ValueError(f"logits must have shape (T, B, V), got {tuple(logits.shape)}")
-    if tuple(targets.shape) != tuple(logits.shape[:2]):
-        raise ValueError(f"targets must have shape (T, B) = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}")
-    _check_ids(xp, "targets", targets, logits.shape[2])
-
-
 def softmax_nll(logits, targets):
     """Per-token negative log-likelihood ``-log softmax(logits[t, b])[targets[t, b]]``.
 
@@ -474,7 +545,7 @@ def softmax_nll(logits, targets):
     is ``exp(mean)`` over all tokens.
     """
     xp = _backend.namespace(logits, targets)
-    _check_targets(xp, logits, targets)
+    checks.targets(xp, logits, targets)
     return -_pick(xp, log_softmax(logits), targets)  # (T, B)
 
 
@@ -503,10 +574,9 @@ def softmax_cross_entropy(logits, targets, weights=None):
     dlogits : (T, B, V) gradient of ``loss`` with respect to ``logits``
     """
     xp = _backend.namespace(logits, targets, weights)
-    _check_targets(xp, logits, targets)
+    checks.targets(xp, logits, targets)
     T, B, V = logits.shape
-    if weights is not None and tuple(weights.shape) != (T, B):
-        raise ValueError(f"weights must have shape (T, B) = {(T, B)}, got {tuple(weights.shape)}")
+    checks.weights(weights, T, B)
     dev = _backend.device_of(logits)
     logp = log_softmax(logits)  # (T, B, V)
     nll = -_pick(xp, logp, targets)  # (T, B)
@@ -544,15 +614,8 @@ def sigmoid_bernoulli_nll(logits, targets, step_mask=None):
     dlogits : (T, B, K)
     """
     xp = _backend.namespace(logits, targets, step_mask)
-    if len(logits.shape) != 3 or tuple(targets.shape) != tuple(logits.shape):
-        raise ValueError(f"logits and targets must both have shape (T, B, K), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    checks.binary_targets(logits, targets, step_mask)
     T, B, _ = logits.shape
-    if step_mask is not None and tuple(step_mask.shape) != (T, B):
-        raise ValueError(f"step_mask must have shape (T, B) = {(T, B)}, got {tuple(step_mask.shape)}")
-    # {0, 1} check only where the data is on the host (on a GPU it would force a sync).
-    if _backend.name_of(targets) == "numpy" and not bool(np.all((targets == 0) | (targets == 1))):
-        raise ValueError("targets must be 0 or 1 (a key is off or on); got other values, e.g. "
-                         f"{np.unique(targets[(targets != 0) & (targets != 1)])[:5].tolist()}: binarise them first")
     z, y = logits, xp.astype(targets, logits.dtype)
     relu = 0.5 * (z + xp.abs(z))  # max(z, 0), exactly
     nll = relu - y * z + xp.log1p(xp.exp(-xp.abs(z)))  # (T, B, K)
@@ -601,6 +664,21 @@ def _softmax_weights(params):
     return params["E"].T if "W_out" not in params else params["W_out"]
 
 
+def _checked_model(params, s0, a, name, word):
+    """The model's layers, with its heads, state and input layout checked."""
+    if word and "E" not in params:
+        raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
+    if not word and "W_out" not in params:
+        raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
+    stack = _stack(params)
+    n_in, n, _, dtype = stack[0][2]
+    if word:
+        checks.embedding(params["E"], n_in, dtype, "W_out" not in params, n)
+    checks.head(params, n, dtype)
+    checks.time_major(name, a, s0)
+    return stack
+
+
 def lm_forward(params, ids, s0, masks=None, *, impl="auto", layer=None):
     """Forward of the word model over one window (see the module docstring).
 
@@ -608,44 +686,33 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto", layer=None):
     ----------
     params : dict from :func:`init_lm_params` (tied when it has no ``W_out``)
     ids : (T, B) integer input tokens
-    s0 : (B, n) state carried from the previous window (zeros at the start)
-    masks : optional dict from :func:`draw_masks` (keys "x", "i", "h", "o")
-    impl : passed to :func:`rhn_np.rhn.forward`
-    layer : optional :class:`rhn_np.fast.CapturedLayer` to run the RHN layer's forward
-        (and later :func:`lm_backward`'s BPTT) from CUDA graphs instead of
-        :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`; the same maths, and
-        ``impl`` does not apply. Its buffers are overwritten by its next replay: so
-        are ``s_last`` (a view of its ys), the layer's gradients and ``ds0`` of
-        :func:`lm_backward`; copy what you keep
+    s0 : (B, n) state carried from the previous window (zeros at the start);
+        (K, B, n) for K stacked layers
+    masks : optional dict from :func:`draw_masks` (keys "x", "i", "h", "o", ...)
+    impl : passed to the cell's ``forward`` (:func:`rhn_np.rhn.forward`)
+    layer : optional :class:`rhn_np.graphs.CapturedLayer` (or one per layer, None for
+        the others) to run an RHN layer's forward (and later :func:`lm_backward`'s BPTT)
+        from CUDA graphs instead of :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`;
+        the same maths, and ``impl`` does not apply to it. Its buffers are overwritten
+        by its next replay: so are ``s_last`` (a view of its ys), the layer's gradients
+        and ``ds0`` of :func:`lm_backward`; copy what you keep
 
     Returns
     -------
     logits : (T, B, V)
-    s_last : (B, n) the unmasked last state, to carry into the next window
+    s_last : the unmasked last state (the form of ``s0``), to carry into the next window
     cache : for :func:`lm_backward`
     """
-    if "E" not in params:
-        raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
-    rhn_params = layer_params(params)
-    if "W_out" not in params and params["E"].shape[1] != params["R_H"].shape[1]:
-        raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(params['E'].shape)} and n={params['R_H'].shape[1]}")
-    E, W_H = params["E"], params["W_H"]
-    if len(E.shape) != 2 or E.shape[1] != W_H.shape[0] or E.dtype != W_H.dtype:
-        raise ValueError(f"params['E'] is {E.dtype} {tuple(E.shape)} but the layer's W_H is {W_H.dtype} "
-                         f"{tuple(W_H.shape)}: E must be (V, n_emb = n_in) of the parameters' dtype")
-    _check_head(params)
-    _check_time_major("ids", ids, s0)
-    m_x, rhn_masks, m_o = _unpack_masks(masks, ("x", "i", "h", "o"))
+    stack = _checked_model(params, s0, ids, "ids", word=True)
     if hasattr(ids, "shape") and len(ids.shape) == 2:
-        _check_lm_masks(params, *ids.shape, masks)
+        _check_masks(params, stack, *ids.shape, masks, word=True)
+    masks = masks or {}
+    m_x, m_o = masks.get("x"), masks.get("o")
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
-    if layer is None:
-        ys, rhn_cache = rhn.forward(rhn_params, X, s0, rhn_masks, impl=impl)  # (T, B, n)
-    else:
-        ys, rhn_cache = layer.forward(rhn_params, X, s0, rhn_masks)
+    ys, s_last, layer_caches = layers_forward(params, X, s0, masks, impl=impl, layer=layer)  # (T, B, n)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
-    cache = {"rhn": rhn_cache, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o, "layer": layer}
-    return logits, ys[-1, ...], cache
+    cache = {"layers": layer_caches, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o}
+    return logits, s_last, cache
 
 
 def lm_backward(params, cache, dlogits, ds_last=None):
@@ -654,19 +721,17 @@ def lm_backward(params, cache, dlogits, ds_last=None):
     Parameters
     ----------
     dlogits : (T, B, V) gradient of the loss with respect to the logits
-    ds_last : optional (B, n) gradient arriving at ``s_last`` from a later window
+    ds_last : optional gradient arriving at ``s_last`` from a later window (its form)
 
     Returns
     -------
     grads : dict with the keys of ``params``; tied, ``grads["E"]`` sums the
         embedding and the softmax uses of ``E``
-    ds0 : (B, n) gradient with respect to ``s0``
+    ds0 : gradient with respect to ``s0`` (its form)
     """
-    rhn_params = layer_params(params)
     E = params["E"]
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], _softmax_weights(params), cache["m_o"])
-    layer = cache.get("layer") or rhn  # the module's backward, or the captured layer's
-    grads, dX, ds0 = layer.backward(rhn_params, cache["rhn"], dys, ds_last)  # BPTT through the layer
+    grads, dX, ds0 = layers_backward(params, cache["layers"], dys, ds_last)  # BPTT through the layers
     dE = embedding_backward(dX, cache["ids"], E.shape, cache["m_x"])  # (V, n_emb)
     if "W_out" in params:
         grads["W_out"] = dW_out
@@ -681,18 +746,17 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
     """Loss and every gradient of the word model for one training window.
 
     ``loss = (1/B) Σ_t Σ_b w[t, b] · (-log p(targets[t, b] | ids[≤t, b]))`` (summed over
-    time, averaged over the batch; :func:`softmax_cross_entropy`), through
-    :func:`rhn_np.rhn.forward` / :func:`rhn_np.rhn.backward`. The L2 term and gradient
-    clipping are in :mod:`rhn_np.optim`.
+    time, averaged over the batch; :func:`softmax_cross_entropy`), through the cells'
+    ``forward`` / ``backward``. The L2 term and gradient clipping are in :mod:`rhn_np.optim`.
 
     Parameters
     ----------
     params : dict from :func:`init_lm_params`
     ids, targets : (T, B) integer input tokens and next tokens
-    s0 : (B, n) initial state
+    s0 : (B, n) initial state ((K, B, n) for K layers)
     masks : optional dict from :func:`draw_masks`
     weights : optional (T, B) per-token weights
-    ds_last : optional (B, n) gradient arriving at the final state from a later window
+    ds_last : optional gradient arriving at the final state from a later window
     impl, layer : as for :func:`lm_forward` (with ``layer``, copy ``s_last`` and the
         layer's gradients before the next window, as the trainer does)
 
@@ -700,10 +764,10 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
     -------
     loss : 0-d array
     grads : dict with the keys and shapes of ``params``
-    s_last : (B, n) last state (carry it into the next window)
+    s_last : last state (carry it into the next window)
     stats : dict of 0-d arrays / numbers: ``"mean_nll"`` per-token mean NLL
         (``exp`` of it is the perplexity), ``"nll_sum"`` Σ w·nll, ``"n_tokens"`` Σ w,
-        ``"ds0"`` (B, n) gradient with respect to ``s0``
+        ``"ds0"`` gradient with respect to ``s0``
     """
     logits, s_last, cache = lm_forward(params, ids, s0, masks, impl=impl, layer=layer)
     loss, dlogits = softmax_cross_entropy(logits, targets, weights)
@@ -716,13 +780,13 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
 
 
 def lm_logits(params, ids, s0, *, impl="auto"):
-    """Evaluation forward (dropout off, no gradients): ``(logits (T, B, V), s_last (B, n))``."""
+    """Evaluation forward (dropout off, no gradients): ``(logits (T, B, V), s_last)``."""
     logits, s_last, _ = lm_forward(params, ids, s0, None, impl=impl)
     return logits, s_last
 
 
 def lm_nll(params, ids, targets, s0, *, impl="auto"):
-    """Evaluation: per-token NLL (T, B) and the last state (B, n).
+    """Evaluation: per-token NLL (T, B) and the last state.
 
     Perplexity of a split = ``exp(Σ nll / number of tokens)`` over all its windows,
     carrying ``s_last`` from window to window.
@@ -731,41 +795,49 @@ def lm_nll(params, ids, targets, s0, *, impl="auto"):
     return softmax_nll(logits, targets), s_last
 
 
+def state_shape(params, batch):
+    """Shape of a model's carried state for ``batch`` rows: (B, n), or (K, B, n) for K layers."""
+    stack = _stack(params)
+    n = stack[0][2][1]
+    return (batch, n) if len(stack) == 1 else (len(stack), batch, n)
+
+
+def zero_state(params, batch):
+    """The zero state of a model (the start of every epoch), on the parameters' device."""
+    be = _backend.of(params["b_out"])
+    return be.xp.zeros(state_shape(params, batch), dtype=params["b_out"].dtype, device=be.device)
+
+
 # ----------------------------------------------------------------------------
 # The dense-input model (piano rolls)
 # ----------------------------------------------------------------------------
 def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
-    """Forward of the dense-input model: ``logits = (RHN(xs) ⊙ m_o) @ W_out + b_out``.
+    """Forward of the dense-input model: ``logits = (layers(xs) ⊙ m_o) @ W_out + b_out``.
 
     Parameters
     ----------
     params : dict from :func:`init_dense_params`
-    xs : (T, B, n_in) inputs (piano-roll frames), fed straight into the RHN
-    s0 : (B, n)
-    masks : optional dict from :func:`draw_dense_masks` (keys "i", "h", "o")
+    xs : (T, B, n_in) inputs (piano-roll frames), fed straight into layer 1
+    s0 : (B, n), or (K, B, n) for K layers
+    masks : optional dict from :func:`draw_dense_masks` (keys "i", "h", "o", ...)
 
     Returns
     -------
-    logits (T, B, n_out), s_last (B, n), cache
+    logits (T, B, n_out), s_last, cache
     """
-    if "W_out" not in params:
-        raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
-    rhn_params = layer_params(params)
-    _check_head(params)
-    _check_time_major("xs", xs, s0)
-    _, rhn_masks, m_o = _unpack_masks(masks, ("i", "h", "o"))
+    stack = _checked_model(params, s0, xs, "xs", word=False)
     if hasattr(xs, "shape") and len(xs.shape) == 3:
-        _check_lm_masks(params, xs.shape[0], xs.shape[1], masks)
-    ys, rhn_cache = rhn.forward(rhn_params, xs, s0, rhn_masks, impl=impl)  # (T, B, n)
+        _check_masks(params, stack, xs.shape[0], xs.shape[1], masks, word=False)
+    ys, s_last, layer_caches = layers_forward(params, xs, s0, masks, impl=impl)  # (T, B, n)
+    m_o = (masks or {}).get("o")
     logits, y_o = output_forward(ys, params["W_out"], params["b_out"], m_o)  # (T, B, n_out)
-    return logits, ys[-1, ...], {"rhn": rhn_cache, "m_o": m_o, "y_o": y_o}
+    return logits, s_last, {"layers": layer_caches, "m_o": m_o, "y_o": y_o}
 
 
 def dense_backward(params, cache, dlogits, ds_last=None):
-    """Backward of :func:`dense_forward`: ``(grads, dxs (T, B, n_in), ds0 (B, n))``."""
-    rhn_params = layer_params(params)
+    """Backward of :func:`dense_forward`: ``(grads, dxs (T, B, n_in), ds0)``."""
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], params["W_out"], cache["m_o"])
-    grads, dxs, ds0 = rhn.backward(rhn_params, cache["rhn"], dys, ds_last)
+    grads, dxs, ds0 = layers_backward(params, cache["layers"], dys, ds_last)
     grads["W_out"] = dW_out
     grads["b_out"] = db_out
     return grads, dxs, ds0
@@ -781,9 +853,9 @@ def dense_loss_and_grads(params, xs, targets, s0, masks=None, *, step_mask=None,
     -------
     loss : 0-d array
     grads : dict with the keys of ``params``
-    s_last : (B, n)
+    s_last : the last state
     stats : ``"nll_per_step"`` (mean over unmasked steps of the NLL summed over
-        keys, the JSB figure), ``"n_steps"``, ``"dxs"`` (T, B, n_in), ``"ds0"`` (B, n)
+        keys, the JSB figure), ``"n_steps"``, ``"dxs"`` (T, B, n_in), ``"ds0"``
     """
     logits, s_last, cache = dense_forward(params, xs, s0, masks, impl=impl)
     loss, dlogits = sigmoid_bernoulli_nll(logits, targets, step_mask)
@@ -796,6 +868,6 @@ def dense_loss_and_grads(params, xs, targets, s0, masks=None, *, step_mask=None,
 
 
 def dense_logits(params, xs, s0, *, impl="auto"):
-    """Evaluation forward (dropout off): ``(logits (T, B, n_out), s_last (B, n))``."""
+    """Evaluation forward (dropout off): ``(logits (T, B, n_out), s_last)``."""
     logits, s_last, _ = dense_forward(params, xs, s0, None, impl=impl)
     return logits, s_last

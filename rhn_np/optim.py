@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
-from .rhn import _is_real, _positive_int
+from . import checks
 
 __all__ = [
     "global_norm",
@@ -48,34 +48,8 @@ __all__ = [
     "SGD",
     "Adam",
     "lr_at_epoch",
+    "lr_at_step",
 ]
-
-
-def _check_number(name, value, *, minimum=0.0, strict=False):
-    if not _is_real(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
-    return value
-
-
-def _check_dict(name, d):
-    if not isinstance(d, dict):
-        hint = "; clip_global_norm returns (grads, norm): unpack it" if isinstance(d, tuple) else ""
-        raise TypeError(f"{name} must be a dict name -> array, got {type(d).__name__}{hint}")
-    if not d:
-        raise ValueError(f"{name} is empty")
-
-
-def _check_same_keys(grads, params, what="grads"):
-    _check_dict(what, grads)
-    _check_dict("params", params)
-    if set(grads) != set(params):
-        raise KeyError(f"{what} and params must have the same keys; differ in {sorted(set(grads) ^ set(params))}")
-    for k in params:  # broadcasting would apply a (n,) gradient to every row of an (m, n) parameter
-        if tuple(grads[k].shape) != tuple(params[k].shape):
-            raise ValueError(f"{what}[{k!r}] has shape {tuple(grads[k].shape)}, params[{k!r}] {tuple(params[k].shape)}")
 
 
 # ----------------------------------------------------------------------------
@@ -83,7 +57,7 @@ def _check_same_keys(grads, params, what="grads"):
 # ----------------------------------------------------------------------------
 def global_norm(grads):
     """``N = sqrt(Σ_w Σ_i g_w[i]²)`` over every array of the dict: a 0-d array."""
-    _check_dict("grads", grads)
+    checks.grads_dict("grads", grads)
     xp = _backend.namespace(*grads.values())
     total = None
     for g in grads.values():
@@ -113,7 +87,7 @@ def clip_global_norm(grads, max_norm):
     clipped : a new dict (the input arrays are not modified)
     norm : 0-d array, the global norm *before* clipping (for logging)
     """
-    max_norm = _check_number("max_norm", max_norm, strict=True)
+    max_norm = checks.number("max_norm", max_norm, strict=True)
     norm = global_norm(grads)
     xp = _backend.namespace(norm)
     cap = xp.asarray(max_norm, dtype=norm.dtype, device=_backend.device_of(norm))
@@ -126,8 +100,8 @@ def clip_global_norm(grads, max_norm):
 def l2_penalty(params, weight_decay):
     """The authors' weight-decay term ``wd · ½ Σ_w Σ_i w[i]²`` over *all* variables
     (embedding, softmax, RHN weights and biases alike; ``tf.nn.l2_loss``). 0-d array."""
-    weight_decay = _check_number("weight_decay", weight_decay)
-    _check_dict("params", params)
+    weight_decay = checks.number("weight_decay", weight_decay)
+    checks.grads_dict("params", params)
     xp = _backend.namespace(*params.values())
     total = None
     for w in params.values():
@@ -138,8 +112,8 @@ def l2_penalty(params, weight_decay):
 
 def add_l2_gradient(grads, params, weight_decay):
     """Gradient of :func:`l2_penalty` added to ``grads``: ``g_w + wd · w`` (a new dict)."""
-    weight_decay = _check_number("weight_decay", weight_decay)
-    _check_same_keys(grads, params)
+    weight_decay = checks.number("weight_decay", weight_decay)
+    checks.same_keys(grads, params)
     if weight_decay == 0.0:
         return dict(grads)
     return {k: g + weight_decay * params[k] for k, g in grads.items()}
@@ -165,7 +139,7 @@ class _Optimizer:
 
     def __init__(self, lr, weight_decay=0.0):
         self.lr = lr
-        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.weight_decay = checks.number("weight_decay", weight_decay)
         self.t = 0  # number of steps taken
 
     @property
@@ -175,7 +149,7 @@ class _Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _check_number("lr", value)
+        self._lr = checks.number("lr", value)
 
     def _grad(self, params, grads, k):
         g = grads[k]
@@ -189,7 +163,7 @@ class _Optimizer:
         if not isinstance(state, dict) or state.get("name") != self.name:
             got = state.get("name") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state_dict is for {got!r}, not {self.name!r}")
-        t = _positive_int("state_dict step count t", state["t"], minimum=0)
+        t = checks.positive_int("state_dict step count t", state["t"], minimum=0)
         # The constructor's checks, so a damaged state cannot slip in a beta of 1.5.
         fresh = type(self)(lr=state["lr"], weight_decay=state["weight_decay"], **{h: state[h] for h in self._hyper})
         self.lr, self.weight_decay, self.t = fresh.lr, fresh.weight_decay, t
@@ -208,7 +182,7 @@ class SGD(_Optimizer):
 
     def step(self, params, grads):
         """One update of every parameter, in place. Returns ``params``."""
-        _check_same_keys(grads, params)
+        checks.same_keys(grads, params)
         for k in params:
             params[k] -= self.lr * self._grad(params, grads, k)
         self.t += 1
@@ -239,10 +213,10 @@ class Adam(_Optimizer):
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__(lr, weight_decay)
         for h, v in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= _check_number(h, v) < 1.0:
+            if not 0.0 <= checks.number(h, v) < 1.0:
                 raise ValueError(f"{h} must lie in [0, 1), got {v!r}")
         self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.eps = _check_number("eps", eps, strict=True)  # > 0: a zero gradient would divide 0 by 0
+        self.eps = checks.number("eps", eps, strict=True)  # > 0: a zero gradient would divide 0 by 0
         self.m: dict = {}  # first moments, like params
         self.v: dict = {}  # second moments
         self._pending = None  # host moments from load_state_dict, moved at the next step
@@ -250,7 +224,7 @@ class Adam(_Optimizer):
     def _moments(self, params):
         if self._pending is not None:
             m, v = self._pending
-            _check_same_keys(m, params, "the loaded moments")
+            checks.same_keys(m, params, "the loaded moments")
             self.m = {k: _like(m[k], params[k]) for k in params}
             self.v = {k: _like(v[k], params[k]) for k in params}
             self._pending = None
@@ -262,10 +236,10 @@ class Adam(_Optimizer):
 
     def step(self, params, grads):
         """One Adam update of every parameter, in place. Returns ``params``."""
-        _check_same_keys(grads, params)
+        checks.same_keys(grads, params)
         m, v = self._moments(params)
         try:  # before anything changes: a failed step leaves params and moments as they were
-            _check_same_keys(m, params, "Adam's moments")
+            checks.same_keys(m, params, "Adam's moments")
         except (KeyError, ValueError) as exc:
             raise type(exc)(f"{exc.args[0]}: an Adam instance follows the one params dict it first stepped; "
                             "make a new Adam for another model") from None
@@ -321,11 +295,25 @@ def lr_at_epoch(epoch, lr, max_epoch, lr_decay):
     ``lr_decay`` once more. PTB: ``lr=0.2, max_epoch=20, lr_decay=1.02``; enwik8 /
     text8: ``max_epoch=5, lr_decay=1.03``.
     """
-    epoch = _positive_int("epoch", epoch, minimum=0)  # counts from 0
-    max_epoch = _positive_int("max_epoch", max_epoch)
-    lr = _check_number("lr", lr)
-    lr_decay = _check_number("lr_decay", lr_decay, minimum=1.0)  # >= 1: the rate never grows
+    epoch = checks.positive_int("epoch", epoch, minimum=0)  # counts from 0
+    max_epoch = checks.positive_int("max_epoch", max_epoch)
+    lr = checks.number("lr", lr)
+    lr_decay = checks.number("lr_decay", lr_decay, minimum=1.0)  # >= 1: the rate never grows
     try:
         return lr / lr_decay ** max(epoch - max_epoch + 1, 0)
     except OverflowError:  # lr_decay ** epochs beyond a float: the rate has decayed to nothing
         return 0.0
+
+
+def lr_at_step(step: int, lr: float, decay_steps: int, final_ratio: float = 0.05) -> float:
+    """Cosine decay: ``lr · (r + (1 - r) · ½ (1 + cos(π · min(step, D) / D)))``, ``r = final_ratio``.
+
+    ``lr`` at step 0, ``lr · r`` from step ``D = decay_steps`` on.
+    """
+    decay_steps = checks.positive_int("decay_steps", decay_steps)
+    step = checks.positive_int("step", step, minimum=0)
+    lr = checks.number("lr", lr)
+    if not 0.0 <= checks.number("final_ratio", final_ratio) <= 1.0:
+        raise ValueError(f"final_ratio is the fraction of lr left at the end and must lie in [0, 1], got {final_ratio!r}")
+    frac = min(step, decay_steps) / decay_steps
+    return lr * (final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))

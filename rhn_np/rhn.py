@@ -33,21 +33,31 @@ matrix product per micro-step computes every pre-activation
 Functions here are written against the Array API standard: the same code runs on
 NumPy, CuPy and array-api-strict arrays. On CuPy, :func:`forward` and
 :func:`backward` use the fused-kernel fast path of :mod:`rhn_np.fast` by default;
-this module is the reference it is tested against.
+this module is the reference it is tested against. Argument checks are in
+:mod:`rhn_np.checks`: each public function opens with one call there.
+
+This module is one *cell* (:mod:`rhn_np.cells`): ``init_params``, ``param_shapes``,
+``dims``, ``forward``, ``backward``, ``step_forward``, ``step_backward``; the language
+model, the trainer and the theory take it, or any other cell, by name.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from . import backend as _backend
+from . import checks, fast
+
+NAME = "rhn"
+FAST_PATH = True  # forward(..., impl="fast") exists (rhn_np.fast), and CUDA graphs of it (rhn_np.graphs)
 
 __all__ = [
     "init_params",
     "param_shapes",
+    "dims",
+    "is_coupled",
     "gate_names",
     "fuse_params",
     "split_grads",
@@ -80,19 +90,6 @@ def param_shapes(n_in: int, n: int, depth: int, coupled: bool = True) -> dict[st
     for g in gate_names(coupled):
         shapes[f"b_{g}"] = (depth, n)
     return shapes
-
-
-def _is_real(x) -> bool:
-    """A real number: int, float or a NumPy scalar of either (``np.float32(0.5)``); not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def init_params(
@@ -131,15 +128,10 @@ def init_params(
     -------
     dict of str -> array, shapes as in :func:`param_shapes`.
     """
-    n_in = _positive_int("n_in", n_in)
-    n = _positive_int("n", n)
-    depth = _positive_int("depth", depth)
-    if not isinstance(coupled, (bool, np.bool_)):
-        raise TypeError(f"coupled must be True or False, got {coupled!r}")
-    if not (_is_real(init_scale) and math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
-    if not (_is_real(transform_bias) and math.isfinite(transform_bias)):
-        raise ValueError(f"transform_bias must be a finite number, got {transform_bias!r}")
+    n_in, n, depth = (checks.positive_int(k, v) for k, v in (("n_in", n_in), ("n", n), ("depth", depth)))
+    coupled = checks.flag("coupled", coupled)
+    init_scale = checks.number("init_scale", init_scale)
+    transform_bias = checks.finite_real("transform_bias", transform_bias)
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
@@ -153,15 +145,27 @@ def init_params(
     return params
 
 
-def _is_coupled(params) -> bool:
+def is_coupled(params) -> bool:
+    """Whether the carry gate is ``c = 1 - t`` (no ``W_C, R_C, b_C`` in ``params``)."""
     return "W_C" not in params
+
+
+def dims(params):
+    """``(n_in, n, depth, dtype)`` of a parameter dict, checked (the cell interface)."""
+    return _checked(params)[1:5]
+
+
+def _checked(params):
+    return checks.cell_params(params, cell="RHN", shapes=lambda n_in, n, depth, uncoupled: param_shapes(
+        n_in, n, depth, coupled=not uncoupled), anchor=("W_H", "R_H"),
+                              variant_keys=("W_C", "R_C", "b_C"), build="rhn.init_params(...)")
 
 
 def fuse_params(params):
     """Concatenate the gates along the last axis: ``W (n_in, k·n)``, ``R (L, n, k·n)``,
     ``b (L, k·n)`` with column blocks ``[H | T | (C)]`` and ``k`` = 2 (coupled) or 3."""
     xp = _backend.namespace(*params.values())
-    gates = gate_names(_is_coupled(params))
+    gates = gate_names(is_coupled(params))
     W = xp.concat([params[f"W_{g}"] for g in gates], axis=1)
     R = xp.concat([params[f"R_{g}"] for g in gates], axis=2)
     b = xp.concat([params[f"b_{g}"] for g in gates], axis=1)
@@ -283,136 +287,6 @@ def _step_backward(ds, layers, R_t, m_s):
 
 
 # ----------------------------------------------------------------------------
-# Input checks
-# ----------------------------------------------------------------------------
-def _check_params(params):
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of the paper's names (W_H, R_H, ...), got {type(params).__name__}")
-    carry_keys = [k for k in ("W_C", "R_C", "b_C") if k in params]
-    if carry_keys and len(carry_keys) < 3:
-        raise ValueError(f"params has {carry_keys} but not all of W_C, R_C, b_C: an uncoupled layer "
-                         "(init_params(..., coupled=False)) needs all three, a coupled one none")
-    expected = list(param_shapes(1, 1, 1, _is_coupled(params)))
-    missing = [k for k in expected if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; build it with rhn.init_params(...)")
-    unknown = [k for k in params if k not in expected]
-    if unknown:
-        raise ValueError(f"params has keys that are not the RHN layer's: {unknown}; it holds exactly {expected} "
-                         "(of a language model's params, rhn_np.lm.layer_params(params) is the layer's part)")
-    for k in expected:
-        if not _is_array(params[k]):
-            raise TypeError(f"params[{k!r}] must be an array, got {type(params[k]).__name__}")
-    coupled = _is_coupled(params)
-    xp = _backend.namespace(*params.values())
-    R_H = params["R_H"]
-    if R_H.ndim != 3 or R_H.shape[1] != R_H.shape[2]:
-        raise ValueError(f"params['R_H'] must have shape (depth, n, n), got {tuple(R_H.shape)}")
-    depth, n = R_H.shape[0], R_H.shape[1]
-    if depth < 1:
-        raise ValueError("depth must be >= 1: params['R_H'] has no micro-layer")
-    W_H = params["W_H"]
-    if W_H.ndim != 2:
-        raise ValueError(f"params['W_H'] must have shape (n_in, n), got {tuple(W_H.shape)}")
-    n_in = W_H.shape[0]
-    dtype = R_H.dtype
-    if dtype not in (xp.float32, xp.float64):
-        raise TypeError(f"params must be float32 or float64, got {dtype}")
-    for name, shape in param_shapes(n_in, n, depth, coupled).items():
-        p = params[name]
-        if tuple(p.shape) != shape:
-            raise ValueError(
-                f"params[{name!r}] has shape {tuple(p.shape)}, expected {shape} (n_in={n_in} read from "
-                f"params['W_H'], n={n} and depth={depth} from params['R_H']): all gates must agree"
-            )
-        if p.dtype != dtype:
-            raise TypeError(f"params[{name!r}] is {p.dtype} but params['R_H'] is {dtype}: use one dtype for all parameters")
-    return xp, n_in, n, depth, dtype, coupled
-
-
-def _check_cache(params, cache):
-    """Checks ``params`` and that they have the shapes, coupling and dtype of the
-    forward that made ``cache``; returns ``xp, T, B, n_in, n, depth, dtype, coupled``."""
-    if not isinstance(cache, dict) or "dims" not in cache:
-        raise TypeError("cache must be the second value returned by rhn.forward(...)")
-    xp, n_in, n, depth, dtype, coupled = _check_params(params)
-    T, B, *made = cache["dims"]
-    made[-1] = _backend.float_dtype_name(made[-1])  # by name: a cache moved to another backend still matches
-    now = (n_in, n, depth, coupled, _backend.float_dtype_name(dtype))
-    if tuple(made) != now:
-        diff = ", ".join(f"{k} {a} (cache) vs {b} (params)"
-                         for k, a, b in zip(("n_in", "n", "depth", "coupled", "dtype"), made, now) if a != b)
-        raise ValueError(f"params do not match the ones the cache was made with: {diff}")
-    return xp, T, B, n_in, n, depth, dtype, coupled
-
-
-def _check_array(xp, name, a, shape, dtype, required=False):
-    if a is None:
-        if required:
-            raise TypeError(f"{name} must be an array of shape {tuple(shape)}, got None")
-        return
-    if not _is_array(a):
-        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
-    if xp is not None and _backend.name_of(a) != xp_name(xp):
-        raise TypeError(
-            f"{name} is a {_backend.name_of(a)} array but the parameters are {xp_name(xp)} arrays: arrays from "
-            f"different backends were mixed; move it with rhn_np.backend.to_device({name}, '{xp_name(xp)}')"
-        )
-    if a.dtype != dtype:
-        raise TypeError(f"{name} is {a.dtype} but the parameters are {dtype}: cast it to {dtype} (every input has the parameters' dtype)")
-
-
-def _is_array(a) -> bool:
-    return _backend.name_of(a) in ("numpy", "cupy", "array_api_strict") or hasattr(a, "__array_namespace__")
-
-
-def xp_name(xp) -> str:
-    """'numpy', 'cupy' or 'array_api_strict' for a namespace."""
-    mod = xp.__name__
-    return "array_api_strict" if "strict" in mod else ("cupy" if "cupy" in mod else "numpy")
-
-
-def _check_finite(xp, name, a):
-    # Cheap only where the data lives on the host; on a GPU it would force a sync.
-    if a is not None and _backend.name_of(a) == "numpy" and not bool(xp.all(xp.isfinite(a))):
-        raise ValueError(f"{name} contains NaN or infinity")
-
-
-def _check_masks(xp, masks, B, n_in, n, dtype):
-    if masks is None:
-        return None, None
-    if not isinstance(masks, dict) or not set(masks) <= {"x", "s"}:
-        got = f"keys {sorted(map(str, masks))}" if isinstance(masks, dict) else type(masks).__name__
-        raise ValueError(f"masks must be a dict with keys 'x' (B, n_in) and/or 's' (B, n), got {got}")
-    m_x, m_s = masks.get("x"), masks.get("s")
-    _check_array(xp, "masks['x']", m_x, (B, n_in), dtype)
-    _check_array(xp, "masks['s']", m_s, (B, n), dtype)
-    return m_x, m_s
-
-
-def _check_forward_inputs(params, xs, s0, masks):
-    xp, n_in, n, depth, dtype, coupled = _check_params(params)
-    if not hasattr(xs, "shape") or len(xs.shape) != 3:
-        raise ValueError(f"xs must have shape (T, B, n_in), got {getattr(xs, 'shape', type(xs).__name__)}")
-    T, B = xs.shape[0], xs.shape[1]
-    if T < 1 or B < 1:
-        raise ValueError(f"xs must have T >= 1 steps and B >= 1 rows, got shape {tuple(xs.shape)}")
-    _check_array(xp, "xs", xs, (T, B, n_in), dtype)
-    if hasattr(s0, "shape") and len(s0.shape) == 2 and s0.shape[0] != B and s0.shape[0] == T > 1:
-        raise ValueError(f"s0 has shape {tuple(s0.shape)}, expected {(B, n)}: B = {B} rows, from xs "
-                         f"{tuple(xs.shape)}. If xs is batch-major, (B, T, n_in), make it time-major, (T, B, n_in), "
-                         "with xs.transpose(1, 0, 2)")
-    _check_array(xp, "s0", s0, (B, n), dtype, required=True)
-    m_x, m_s = _check_masks(xp, masks, B, n_in, n, dtype)
-    xp = _backend.namespace(*params.values(), xs, s0, m_x, m_s)  # mixed backends -> TypeError
-    _check_finite(xp, "xs", xs)
-    _check_finite(xp, "s0", s0)
-    return xp, (T, B, n_in, n, depth, coupled, dtype), m_x, m_s
-
-
-# ----------------------------------------------------------------------------
 # Public API: one step (teaching) and the whole sequence
 # ----------------------------------------------------------------------------
 def step_forward(params, x, s_prev, masks=None):
@@ -431,16 +305,12 @@ def step_forward(params, x, s_prev, masks=None):
     cache : dict for :func:`step_backward`
 
     This is :func:`forward` on a window of one step, so the step and the sequence share
-    every line: the loop over micro-layers that both run is ``_step_forward`` below
+    every line: the loop over micro-layers that both run is ``_step_forward`` above
     (one matrix product and :func:`micro_forward` per micro-layer), and
     :func:`step_backward` runs ``_step_backward`` (:func:`micro_backward`, then the
     gradient through the transforms, micro-layer L down to 1).
     """
-    if not hasattr(x, "shape") or len(x.shape) != 2:
-        raise ValueError(f"x must be one step's input of shape (B, n_in), got {getattr(x, 'shape', type(x).__name__)}; "
-                         "for a window of T steps use rhn.forward (or theory.sequence_jacobians)")
-    if hasattr(s_prev, "shape") and tuple(s_prev.shape[:1]) != tuple(x.shape[:1]):
-        raise ValueError(f"s_prev has shape {tuple(s_prev.shape)} but x has {x.shape[0]} rows (B): s_prev must be (B, n)")
+    checks.step_inputs("rhn", x, s_prev)
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 
@@ -451,12 +321,7 @@ def step_backward(params, cache, ds):
     ds : (B, n) gradient of the loss with respect to the step's output state.
     Returns ``grads`` (dict like ``params``), ``dx`` (B, n_in) and ``ds_prev`` (B, n).
     """
-    if not isinstance(cache, dict) or cache.get("dims", (None,))[0] != 1:
-        raise TypeError("cache must be the second value returned by rhn.step_forward(...); "
-                        "for a window of T steps use rhn.backward")
-    B, n = cache["dims"][1], cache["dims"][3]
-    if not hasattr(ds, "shape") or tuple(ds.shape) != (B, n):
-        raise ValueError(f"ds must have shape (B, n) = {(B, n)}, got {getattr(ds, 'shape', type(ds).__name__)}")
+    checks.step_grad(ds, *checks.step_cache(cache, "rhn"))
     grads, dxs, ds_prev = backward(params, cache, ds[None, ...])
     return grads, dxs[0, ...], ds_prev
 
@@ -481,23 +346,24 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     ys : (T, B, n) the last micro-layer's state at each step
     cache : dict holding what :func:`backward` needs: per step and micro-layer the
         input state, h and t (and c), i.e. (3 or 4)·L·T·B·n numbers; no weights.
-        Its layout is public (``rhn_np.theory`` reads the gate values from it):
-        ``cache["S"]``, ``cache["H"]``, ``cache["T"]`` and, uncoupled, ``cache["C"]``
-        are (L, T, B, n) arrays with ``S[l, t]`` the input state of micro-layer l + 1
-        at step t, and ``H[l, t]``, ``T[l, t]``, ``C[l, t]`` its gate values;
-        ``cache["m_x"]``, ``cache["m_s"]`` are the masks (or None).
+        Its layout is public (``rhn_np.theory`` and the notebooks read the gate values
+        from it): ``cache["s_in"]``, ``cache["h"]``, ``cache["t"]`` and, uncoupled,
+        ``cache["c"]`` are (L, T, B, n) arrays with ``s_in[l, t]`` the input state of
+        micro-layer l + 1 at step t, and ``h[l, t]``, ``t[l, t]``, ``c[l, t]`` its gate
+        values; ``cache["m_x"]``, ``cache["m_s"]`` are the masks (or None).
         It references ``xs`` and the masks rather than copying them, and
         :func:`backward` reads the weights from ``params`` again: change none of
         them in place (an optimiser step included) before calling :func:`backward`,
         or its gradients belong to no single forward pass.
     """
-    xp, dims, m_x, m_s = _check_forward_inputs(params, xs, s0, masks)
-    if _pick_impl(impl, xs) == "fast":
-        from . import fast
-
-        return fast.forward(params, xs, s0, m_x, m_s, dims)
-    T, B, n_in, n, depth, coupled, dtype = dims
+    xp, n_in, n, depth, dtype, uncoupled = _checked(params)
+    xp, T, B, m_x, m_s = checks.window_inputs(xp, n_in, n, dtype, params, xs, s0, masks)
+    coupled = not uncoupled
     W, R, b = fuse_params(params)
+    cache = {"cell": "rhn", "dims": (T, B, n_in, n, depth, uncoupled, dtype), "xs": xs, "m_x": m_x, "m_s": m_s}
+    if checks.impl(impl, xs) == "fast":
+        ys, gates = fast.forward(W, R, b, xs, s0, m_x, m_s, coupled)
+        return ys, {**cache, "impl": "fast", **gates}
     kn = R.shape[2]
     dev = _backend.device_of(xs)
 
@@ -512,17 +378,16 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     ys = xp.empty((T, B, n), dtype=dtype, device=dev)
 
     s = s0
-    for t in range(T):
-        s, layers = _step_forward(a_x[t, ...], s, R, b, m_s, coupled)
-        for l, (s_in, h, g_t, c) in enumerate(layers):
-            S[l, t, ...] = s_in
-            Hs[l, t, ...] = h
-            Ts[l, t, ...] = g_t
+    for step in range(T):
+        s, layers = _step_forward(a_x[step, ...], s, R, b, m_s, coupled)
+        for l, (s_in, h, t, c) in enumerate(layers):
+            S[l, step, ...] = s_in
+            Hs[l, step, ...] = h
+            Ts[l, step, ...] = t
             if c is not None:
-                Cs[l, t, ...] = c
-        ys[t, ...] = s
-    cache = {"impl": "reference", "dims": dims, "xs": xs, "m_x": m_x, "m_s": m_s, "S": S, "H": Hs, "T": Ts, "C": Cs}
-    return ys, cache
+                Cs[l, step, ...] = c
+        ys[step, ...] = s
+    return ys, {**cache, "impl": "reference", "s_in": S, "h": Hs, "t": Ts, "c": Cs}
 
 
 def backward(params, cache, dys, ds_last=None):
@@ -543,32 +408,33 @@ def backward(params, cache, dys, ds_last=None):
     dxs : (T, B, n_in) gradient with respect to ``xs``
     ds0 : (B, n) gradient with respect to ``s0``
     """
-    xp, T, B, n_in, n, depth, dtype, coupled = _check_cache(params, cache)
-    _check_array(xp, "dys", dys, (T, B, n), dtype, required=True)
-    _check_array(xp, "ds_last", ds_last, (B, n), dtype)
-    xp = _backend.namespace(*params.values(), dys, ds_last, cache["xs"])
-    if cache["impl"] == "fast":
-        from . import fast
-
-        return fast.backward(params, cache, dys, ds_last)
-
+    xp, n_in, n, depth, dtype, uncoupled = _checked(params)
+    T, B = checks.cache_matches(cache, (n_in, n, depth, uncoupled, dtype), "rhn")
+    xp = checks.window_grads(xp, params, cache, dys, ds_last, T, B, n, dtype)
+    coupled = not uncoupled
     W, R, _ = fuse_params(params)
+    xs, m_s, m_x = cache["xs"], cache["m_s"], cache["m_x"]
+    if cache["impl"] == "fast":
+        dW, dR, db, dxs, ds0 = fast.backward(W, R, cache, xs, m_x, m_s, dys, ds_last, coupled)
+        return split_grads(dW, dR, db, coupled), dxs, ds0
+
     kn = R.shape[2]
     # Rᵀ of every micro-layer, copied once per window: a BLAS multiplies by a stored Rᵀ
     # faster than by a transposed view (about 10 % of the backward at the small size).
     R_t = xp.reshape(xp.matrix_transpose(R), (depth, kn, n), copy=True)
     del R  # only its transpose is needed from here on: no second copy held
     dev = _backend.device_of(dys)
-    S, Hs, Ts, Cs, m_s, m_x = cache["S"], cache["H"], cache["T"], cache["C"], cache["m_s"], cache["m_x"]
+    S, Hs, Ts, Cs = cache["s_in"], cache["h"], cache["t"], cache["c"]
 
     dA = xp.empty((depth, T, B, kn), dtype=dtype, device=dev)  # ∂L/∂a of every micro-layer and step
     ds = xp.zeros((B, n), dtype=dtype, device=dev) if ds_last is None else ds_last
-    for t in reversed(range(T)):
-        ds = ds + dys[t, ...]
-        layers = [(S[l, t, ...], Hs[l, t, ...], Ts[l, t, ...], None if Cs is None else Cs[l, t, ...]) for l in range(depth)]
+    for step in reversed(range(T)):
+        ds = ds + dys[step, ...]
+        layers = [(S[l, step, ...], Hs[l, step, ...], Ts[l, step, ...], None if Cs is None else Cs[l, step, ...])
+                  for l in range(depth)]
         ds, das = _step_backward(ds, layers, R_t, m_s)
         for l in range(depth):
-            dA[l, t, ...] = das[l]
+            dA[l, step, ...] = das[l]
     ds0 = ds
 
     # Weight gradients: one product per micro-layer over all T·B rows (not T small ones),
@@ -577,7 +443,6 @@ def backward(params, cache, dys, ds_last=None):
     dR = xp.matrix_transpose(xp.reshape(S_tr, (depth, T * B, n))) @ xp.reshape(dA, (depth, T * B, kn))
     db = xp.sum(xp.reshape(dA, (depth, T * B, kn)), axis=1)
     dA1 = xp.reshape(dA[0, ...], (T * B, kn))  # only micro-layer 1 sees the input
-    xs = cache["xs"]
     x_in = xs if m_x is None else xs * m_x
     dW = xp.reshape(x_in, (T * B, n_in)).T @ dA1
     dxs = xp.reshape(dA1 @ W.T, (T, B, n_in))
@@ -586,20 +451,10 @@ def backward(params, cache, dys, ds_last=None):
     return split_grads(dW, dR, db, coupled), dxs, ds0
 
 
-def _pick_impl(impl, xs):
-    if impl not in ("auto", "reference", "fast"):
-        raise ValueError(f"impl must be 'auto', 'reference' or 'fast', got {impl!r}")
-    if impl == "auto":
-        return "fast" if _backend.name_of(xs) == "cupy" else "reference"
-    if impl == "fast" and _backend.name_of(xs) not in ("numpy", "cupy"):
-        raise ValueError("impl='fast' needs NumPy or CuPy arrays")
-    return impl
-
-
 def cache_nbytes(cache) -> int:
     """Bytes the cache owns (the inputs ``xs`` and the masks are referenced, not copied)."""
     total = 0
-    for key in ("S", "H", "T", "C"):
+    for key in ("s_in", "h", "t", "c"):
         a = cache.get(key)
         if a is not None:
             total += math.prod(a.shape) * (8 if "64" in str(a.dtype) else 4)

@@ -59,7 +59,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _backend
-from . import rhn
+from . import cells, checks, dtrnn, rhn
 
 __all__ = [
     # RHN Jacobians
@@ -71,6 +71,7 @@ __all__ = [
     "coupled_closed_form",
     "eq14_printed_radii",
     "sequence_jacobians",
+    "rhn_step_jacobian",
     # plain tanh RNN
     "rnn_init",
     "rnn_step_forward",
@@ -90,18 +91,12 @@ __all__ = [
     "spectral_radius",
 ]
 
-LAYOUTS = ("numerator", "paper")
+LAYOUTS = checks.LAYOUTS
 
 
 # ----------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------
-def _check_layout(layout):
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be 'numerator' or 'paper', got {layout!r}")
-    return layout
-
-
 def _mT(M):
     """Transpose of the last two axes (a stack of matrices)."""
     xp = _backend.namespace(M)
@@ -128,12 +123,10 @@ def _derivative_matrix(R, dact, m_s):
 
 def _layer_values(cache, layer, t):
     """Gate values of micro-layer ``layer`` at time index ``t`` from a forward cache."""
-    S, H, Tg, C = cache["S"], cache["H"], cache["T"], cache["C"]
-    depth = S.shape[0]
-    if not 0 <= layer < depth:
-        raise ValueError(f"layer must be in 0..{depth - 1} (code index ℓ-1), got {layer}")
+    S, H, G, C = cache["s_in"], cache["h"], cache["t"], cache["c"]
+    checks.micro_layer(layer, S.shape[0])
     c = None if C is None else C[layer, t, ...]
-    return S[layer, t, ...], H[layer, t, ...], Tg[layer, t, ...], c
+    return S[layer, t, ...], H[layer, t, ...], G[layer, t, ...], c
 
 
 def _step_cache(params, x, s_prev, masks):
@@ -190,29 +183,33 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     -------
     (B, n, n) array: ``J_L ⋯ J_1`` (numerator) or ``A_1 ⋯ A_L`` (paper).
     """
-    _check_layout(layout)
-    xp, T = rhn._check_cache(params, cache)[:2]
-    if cache.get("impl") != "reference" or cache.get("S") is None:
-        raise ValueError("the cache must come from rhn.forward(..., impl='reference') or rhn.step_forward")
-    if not 0 <= rhn._positive_int("t", t, minimum=0) < T:
-        raise ValueError(f"t must be a time index in 0..{T - 1} of the cache's window, got {t!r}")
+    checks.layout(layout)
+    n_in, n, depth, dtype = rhn.dims(params)
+    T, _ = checks.cache_matches(cache, (n_in, n, depth, not rhn.is_coupled(params), dtype), "rhn")
+    checks.time_index(t, T)
+    xp = _backend.namespace(*params.values())
     J = None
-    for layer in range(cache["S"].shape[0]):
+    for layer in range(depth):
         J_l = _mT(_micro_paper(params, cache, layer, t))  # numerator layout
         J = J_l if J is None else xp.matmul(J_l, J)  # J = J_L ⋯ J_1
     return J if layout == "numerator" else _mT(J)
 
 
 def step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
-    """Exact Jacobian of one RHN time step (all L micro-layers).
+    """Exact Jacobian of one time step of any cell (all L micro-layers): ``∂s_t/∂s_{t-1}``.
 
-    ``J[b, i, j] = ∂s_t[b, i] / ∂s_{t-1}[b, j]`` = ``J_L ⋯ J_1``, each ``J_ℓ`` the
-    transpose of the Eq. 10 matrix of micro-layer ℓ (with ``s[ℓ-1]`` in place of
-    ``y_{t-1}``), built from the gate values of :func:`rhn_np.rhn.step_forward`.
+    ``J[b, i, j] = ∂s_t[b, i] / ∂s_{t-1}[b, j]``, computed by the cell's own
+    ``step_forward`` / ``step_backward`` (:mod:`rhn_np.cells`): each batch row is
+    repeated n times and row i of ``J[b]`` is the backward of the unit vector
+    ``e_i``, so no formula is written twice and the result is exact up to round-off.
+    For the RHN it equals ``J_L ⋯ J_1`` of Eq. 10 (:func:`jacobian_from_cache`); for
+    the DT-RNN ``Π_ℓ diag(1 - z_ℓ²) (diag(m_s) R[ℓ])ᵀ`` (plus the shortcut); at depth 1
+    without shortcut it is Eq. 2 (:func:`rnn_step_jacobian`).
 
     Parameters
     ----------
-    params : dict from :func:`rhn_np.rhn.init_params` (coupled or not, any depth)
+    params : a cell's parameter dict (``rhn.init_params``, ``dtrnn.init_params``; of a
+        language model, ``lm.layer_params(params, k)``)
     x : (B, n_in) input ``x_t``
     s_prev : (B, n) state ``s_{t-1}``
     masks : optional ``{"x": (B, n_in), "s": (B, n)}`` dropout masks
@@ -222,6 +219,28 @@ def step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
     -------
     (B, n, n) array on the backend of the inputs.
     """
+    checks.layout(layout)
+    cell = cells.of(params)
+    n_in, n, _, dtype = cell.dims(params)
+    checks.step_inputs(cell.NAME, x, s_prev)
+    xp = _backend.namespace(*params.values(), x, s_prev)
+    B = x.shape[0]
+    rep = lambda a: None if a is None else xp.reshape(  # noqa: E731  (B, k) -> (B·n, k), each row n times
+        xp.broadcast_to(a[:, None, :], (a.shape[0], n, a.shape[1])), (a.shape[0] * n, a.shape[1]))
+    if masks is not None and not isinstance(masks, dict):
+        checks.masks(xp, masks, B, n_in, n, dtype)  # its message
+    m = None if masks is None else {k: rep(v) for k, v in masks.items()}
+    _, cache = cell.step_forward(params, rep(x), rep(s_prev), m)
+    eye = xp.eye(n, dtype=dtype, device=_backend.device_of(x))
+    ds = xp.reshape(xp.broadcast_to(eye[None, ...], (B, n, n)), (B * n, n))  # row (b, i) = e_i
+    _, _, ds_prev = cell.step_backward(params, cache, ds)
+    J = xp.reshape(ds_prev, (B, n, n))  # J[b, i, :] = e_iᵀ ∂s_t/∂s_{t-1}
+    return J if layout == "numerator" else _mT(J)
+
+
+def rhn_step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
+    """The RHN's step Jacobian from the paper's Eqs. 10-13: ``J_L ⋯ J_1`` of the gate values
+    in :func:`rhn_np.rhn.step_forward`'s cache (equal to :func:`step_jacobian`)."""
     return jacobian_from_cache(params, _step_cache(params, x, s_prev, masks), 0, layout=layout)
 
 
@@ -231,10 +250,10 @@ def micro_jacobians(params, x, s_prev, masks=None, *, layout="numerator"):
     Their product is :func:`step_jacobian`: ``J = J_L ⋯ J_1`` (numerator) or
     ``A = A_1 ⋯ A_L`` (paper layout).
     """
-    _check_layout(layout)
+    checks.layout(layout)
     cache = _step_cache(params, x, s_prev, masks)
     out = []
-    for layer in range(cache["S"].shape[0]):
+    for layer in range(cache["s_in"].shape[0]):
         A = _micro_paper(params, cache, layer, 0)
         out.append(A if layout == "paper" else _mT(A))
     return out
@@ -260,7 +279,7 @@ def jacobian_terms(params, x, s_prev, masks=None, *, layer=0, layout="numerator"
     each. The terms sum to the micro-layer Jacobian. Coupled gates: ``c = 1 - t``
     and ``C' = -T'``.
     """
-    _check_layout(layout)
+    checks.layout(layout)
     terms = _paper_terms(params, _step_cache(params, x, s_prev, masks), layer, 0)
     return terms if layout == "paper" else {k: _mT(v) for k, v in terms.items()}
 
@@ -272,7 +291,7 @@ def coupled_closed_form(params, x, s_prev, masks=None, *, layer=0, layout="numer
     :func:`micro_jacobians` ``[layer]``. A very negative transform bias makes
     ``t ≈ 0`` and ``T' ≈ 0``, so ``A ≈ I``.
     """
-    _check_layout(layout)
+    checks.layout(layout)
     if "R_C" in params:
         raise ValueError("coupled_closed_form needs coupled params (no W_C/R_C/b_C)")
     cache = _step_cache(params, x, s_prev, masks)
@@ -301,16 +320,17 @@ def eq14_printed_radii(params, x, s_prev, masks=None, *, layer=0):
 
 
 def sequence_jacobians(params, xs, s0, masks=None, *, layout="numerator"):
-    """Step Jacobians ``∂s_t/∂s_{t-1}`` for t = 1..T along an input sequence.
+    """Step Jacobians ``∂s_t/∂s_{t-1}`` for t = 1..T along an input sequence, any cell.
 
-    One call of :func:`rhn_np.rhn.forward` (reference implementation); the
-    Jacobian of step t is built from its cache. ``xs`` (T, B, n_in), ``s0`` (B, n).
+    One ``forward`` of the cell gives the states; the Jacobian of step t is
+    :func:`step_jacobian` at ``(x_t, s_{t-1})``. ``xs`` (T, B, n_in), ``s0`` (B, n).
     Returns (T, B, n, n); entry ``[t-1]`` is the Jacobian of step t.
     """
-    _check_layout(layout)
-    _, cache = rhn.forward(params, xs, s0, masks, impl="reference")
+    checks.layout(layout)
+    ys, _ = cells.of(params).forward(params, xs, s0, masks, impl="reference")
     xp = _backend.namespace(xs)
-    return xp.stack([jacobian_from_cache(params, cache, t, layout=layout) for t in range(xs.shape[0])])
+    prev = [s0] + [ys[t, ...] for t in range(xs.shape[0] - 1)]
+    return xp.stack([step_jacobian(params, xs[t, ...], prev[t], masks, layout=layout) for t in range(xs.shape[0])])
 
 
 # ----------------------------------------------------------------------------
@@ -335,8 +355,8 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
     """
     if init not in ("normal", "identity"):
         raise ValueError(f"init must be 'normal' or 'identity', got {init!r}")
-    n_in, n = rhn._positive_int("n_in", n_in), rhn._positive_int("n", n)
-    if not (rhn._is_real(init_std) and init_std >= 0):
+    n_in, n = checks.positive_int("n_in", n_in), checks.positive_int("n", n)
+    if not (checks.is_real(init_std) and init_std >= 0):
         raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
@@ -350,21 +370,17 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
 
 
 def rnn_step_forward(R, W, b, x, y_prev):
-    """The plain RNN step (row vectors): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``; (B, n_in), (B, n) -> (B, n)."""
-    xp = _backend.namespace(R, W, b, x, y_prev)
-    return xp.tanh(x @ W + y_prev @ R + b)
+    """The plain RNN step (row vectors): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``; (B, n_in), (B, n) -> (B, n).
+
+    It is the DT-RNN of depth 1 without shortcut: :func:`rhn_np.dtrnn.step_forward`."""
+    return dtrnn.step_forward(dtrnn.rnn_params(R, W, b), x, y_prev)[0]
 
 
 def rnn_forward(R, W, b, xs, y0):
     """:func:`rnn_step_forward` over ``xs`` (T, B, n_in) from ``y0`` (B, n); returns ys (T, B, n)."""
-    xp = _backend.namespace(R, W, b, xs, y0)
     if len(xs.shape) != 3 or xs.shape[0] < 1:
         raise ValueError(f"xs must have shape (T >= 1, B, n_in), got {tuple(xs.shape)} (one sequence: xs[:, None, :])")
-    ys, y = [], y0
-    for t in range(xs.shape[0]):
-        y = rnn_step_forward(R, W, b, xs[t, ...], y)
-        ys.append(y)
-    return xp.stack(ys)
+    return dtrnn.forward(dtrnn.rnn_params(R, W, b), xs, y0)[0]
 
 
 def _rnn_jacobian_from_output(R, y, layout):
@@ -380,13 +396,13 @@ def rnn_step_jacobian(R, W, b, x, y_prev, *, layout="numerator"):
     i.e. ``J = diag[tanh'(a)] Rᵀ``; paper layout ``A = Jᵀ = R diag[tanh'(a)]``.
     The tanh value comes from :func:`rnn_step_forward`. Returns (B, n, n).
     """
-    _check_layout(layout)
+    checks.layout(layout)
     return _rnn_jacobian_from_output(R, rnn_step_forward(R, W, b, x, y_prev), layout)
 
 
 def rnn_sequence_jacobians(R, W, b, xs, y0, *, layout="numerator"):
     """Step Jacobians of a plain tanh RNN along ``xs`` (T, B, n_in); returns (T, B, n, n)."""
-    _check_layout(layout)
+    checks.layout(layout)
     xp = _backend.namespace(R, xs)
     ys = rnn_forward(R, W, b, xs, y0)
     return xp.stack([_rnn_jacobian_from_output(R, ys[t, ...], layout) for t in range(xs.shape[0])])

@@ -72,7 +72,7 @@ def test_strict_results_stay_on_the_device(monkeypatch):
 
     monkeypatch.setattr(backend, "to_host", no_host)  # the one named device -> host crossing
     (ys, grads, dxs, ds0, cache), _ = run_layer(be, coupled=False, use_masks=True, use_ds_last=True)
-    for a in [ys, dxs, ds0, *grads.values(), *(cache[k] for k in ("S", "H", "T", "C"))]:
+    for a in [ys, dxs, ds0, *grads.values(), *(cache[k] for k in ("s_in", "h", "t", "c"))]:
         assert backend.name_of(a) == "array_api_strict"
         assert a.device == be.device
 

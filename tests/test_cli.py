@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from rhn_np import checkpoint, cli
+from rhn_np import checkpoint, cli, data
 from rhn_np import train as T
 
 DATA_DIR = os.environ.get("RHN_DATA_DIR")
@@ -96,7 +96,9 @@ def test_print_config_resolves_preset_and_options_without_training(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--preset", "ptb_sota", "--depth", "4", "--epochs", "3", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
+    n_params = cfg.pop("n_params")  # the size needs PTB's vocabulary: None where its files are not here
     assert cfg == {**T.config_from_preset("ptb_sota").to_dict(), "depth": 4, "epochs": 3, "max_steps": None}
+    assert n_params is None or n_params == T.count_params(T.Config(**cfg), data.load("ptb", download=False))
     assert cfg["cuda_graphs"] is True
     assert cli.main(["train", "--backend", "cupy", "--no-cuda-graphs", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["cuda_graphs"] is False

@@ -12,7 +12,7 @@ fast path that are plain logic rather than CUDA:
   by NumPy on host pointers.
 
 The whole forward and BPTT of :mod:`rhn_np.fast` then runs through
-``_CupyRawKernels``'s own ``forward_steps``/``backward_steps``/``matmul`` code and must
+``gates.CupyRawGates``'s own ``forward_steps``/``backward_steps``/``matmul`` code and must
 match the readable reference in float64. What this cannot check — the CUDA compiler,
 CuPy's launch and memory semantics, cuBLAS itself — is left to ``test_gpu.py`` on a GPU.
 """
@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from conftest import run_window, window_case
-from rhn_np import backend
+from rhn_np import backend, fast
+from rhn_np.fast import gates
 
 CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or clang++) on PATH")
@@ -121,8 +122,8 @@ def _build(source, tmp_dir):
 def _compile(dtype, tmp_dir):
     """The raw kernels (the string the package gives ``cupy.RawModule``) and their
     launchers, built for ``dtype``: (library, {kernel name: parameters})."""
-    launchers, sigs = _raw_launchers(backend._RAW_SOURCE)
-    source = _SHIM + backend._CUDA_GATES + f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + backend._RAW_SOURCE + launchers
+    launchers, sigs = _raw_launchers(gates.RAW_SOURCE)
+    source = _SHIM + gates.CUDA_GATES + f"typedef {_CTYPE[np.dtype(dtype)]} T;\n" + gates.RAW_SOURCE + launchers
     return _build(source, tmp_dir), sigs
 
 
@@ -214,8 +215,8 @@ def _gemm(dtype, calls, status=None):
     return gemm
 
 
-class EmulatedRawKernels(backend._CupyRawKernels):
-    """``_CupyRawKernels`` with its CUDA parts played on the host: the kernels are the
+class EmulatedRawKernels(gates.CupyRawGates):
+    """``gates.CupyRawGates`` with its CUDA parts played on the host: the kernels are the
     C++ build of the same source, cuBLAS is :func:`_gemm`, CuPy's array calls are
     NumPy's. Its ``matmul``, ``forward_steps`` and ``backward_steps`` are the real ones."""
 
@@ -242,7 +243,7 @@ class EmulatedRawKernels(backend._CupyRawKernels):
             self._fn[np.dtype(dt)] = (_raw_kernel(lib, f"fwd_{tag}", sigs[f"fwd_{tag}"], self.launches),
                                       _raw_kernel(lib, f"bwd_{tag}", sigs[f"bwd_{tag}"], self.launches))
 
-    # fast.py hands over plain NumPy buffers; the real methods see them as HostArrays.
+    # rhn_np.fast hands over plain NumPy buffers; the real methods see them as HostArrays.
     def matmul(self, a, b, out=None):
         return super().matmul(_host(a), _host(b), out=_host(out))
 
@@ -273,7 +274,7 @@ CASES = [  # T, B, n_in, n, depth, coupled, masks, ds_last
 def test_raw_cuda_path_matches_reference(cfg, capturing, build_dir, monkeypatch):
     """The raw plans (kernels + cuBLAS arguments) give the reference's window, float64."""
     k = EmulatedRawKernels(cfg[5], build_dir, capturing=capturing)
-    monkeypatch.setattr(backend, "gate_kernels", lambda x, coupled: k)
+    monkeypatch.setattr(fast, "gate_kernels", lambda x, coupled: k)
     case = window_case(cfg, "float64")
     got = run_window(*case, impl="fast")
     want = run_window(*case, impl="reference")
@@ -290,7 +291,7 @@ def test_raw_cuda_path_matches_reference(cfg, capturing, build_dir, monkeypatch)
 def test_raw_cuda_path_float32(build_dir, monkeypatch):
     cfg = CASES[3]
     k = EmulatedRawKernels(cfg[5], build_dir)
-    monkeypatch.setattr(backend, "gate_kernels", lambda x, coupled: k)
+    monkeypatch.setattr(fast, "gate_kernels", lambda x, coupled: k)
     case = window_case(cfg, "float32")
     got = run_window(*case, impl="fast")
     want = run_window(*case, impl="reference")
@@ -322,9 +323,9 @@ def test_elementwise_cuda_path_matches_reference(cfg, build_dir, monkeypatch):
     fake_cupy = types.SimpleNamespace(
         ElementwiseKernel=lambda *a, **kw: FakeElementwiseKernel(build_dir, *a, **kw),
         matmul=np.matmul, ascontiguousarray=np.ascontiguousarray, zeros=np.zeros)
-    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy)
-    k = backend._CupyGateKernels(cfg[5])
-    monkeypatch.setattr(backend, "gate_kernels", lambda x, coupled: k)
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake_cupy)
+    k = gates.CupyElementwiseGates(cfg[5])
+    monkeypatch.setattr(fast, "gate_kernels", lambda x, coupled: k)
     case = window_case(cfg, "float64")
     got = run_window(*case, impl="fast")
     want = run_window(*case, impl="reference")

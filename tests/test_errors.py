@@ -405,7 +405,7 @@ def test_lm_forward_names_the_lm_masks_and_the_embedding():
         lm.lm_forward(p, ids, s0, {"h": np.ones((3, 5))})
     with pytest.raises(ValueError, match=r"got keys \['q'\]$"):
         lm.lm_forward(p, ids, s0, {"q": np.ones(3)})
-    with pytest.raises(ValueError, match=r"params\['E'\] is float64 \(10, 5\) but the layer's W_H is float64 \(6, 8\)"):
+    with pytest.raises(ValueError, match=r"params\['E'\] is float64 \(10, 5\) but the first layer reads 6 float64 inputs"):
         lm.lm_forward({**p, "E": np.zeros((10, 5))}, ids, s0)
     with pytest.raises(ValueError, match="n_in must be >= 1"):
         lm.init_dense_params(0, 8, 2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_window, window_case
-from rhn_np import backend, checkpoint, rhn
+from rhn_np import backend, checkpoint, fast, graphs, rhn
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,9 +41,9 @@ def _to_gpu(tree):
 
 @pytest.fixture(params=["raw", "elementwise"])
 def cuda_variant(request):
-    previous = backend.set_cuda_kernels(request.param)
+    previous = fast.set_cuda_kernels(request.param)
     yield request.param
-    backend.set_cuda_kernels(previous)
+    fast.set_cuda_kernels(previous)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -68,7 +68,7 @@ def test_fused_matches_reference_on_gpu(cfg, cuda_variant):
         assert rel(fast[k], ref[k]) < 1e-12, k
     ys, cache_f = rhn.forward(case[0], case[1], case[2], case[3], impl="fast")
     ys, cache_r = rhn.forward(case[0], case[1], case[2], case[3], impl="reference")
-    for key in ("S", "H", "T"):
+    for key in ("s_in", "h", "t"):
         assert rel(cache_f[key], cache_r[key]) < 1e-12
     assert rhn.cache_nbytes(cache_f) == rhn.cache_nbytes(cache_r)
 
@@ -79,9 +79,9 @@ def test_raw_cublas_gemm_layouts(shape, dtype):
     import cupy as cp
 
     M, K, N = shape
-    prev = backend.set_cuda_kernels("raw")
+    prev = fast.set_cuda_kernels("raw")
     try:
-        k = backend.gate_kernels(cp.empty(1), True)
+        k = fast.gate_kernels(cp.empty(1), True)
         rng = np.random.default_rng(0)
         A = cp.asarray(rng.standard_normal((M, K)).astype(dtype))
         B = cp.asarray(rng.standard_normal((K, N)).astype(dtype))
@@ -92,7 +92,7 @@ def test_raw_cublas_gemm_layouts(shape, dtype):
                 k.matmul(a, b, out=out)
                 assert rel(out, want) < TOL[dtype]
     finally:
-        backend.set_cuda_kernels(prev)
+        fast.set_cuda_kernels(prev)
 
 
 def test_mixing_cupy_and_numpy_is_a_clear_error():
@@ -176,12 +176,12 @@ def test_theory_on_gpu_arrays():
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[2], CONFIGS[4]])
 def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
-    from rhn_np import fast
+    from rhn_np import graphs  # noqa: F401
 
     T, B = cfg[0], cfg[1]
     use_masks, use_last = cfg[6], cfg[7]
     p = _to_gpu(window_case(cfg, dtype, seed=0)[0])
-    window = fast.CapturedWindow(p, T, B, masks=use_masks, ds_last=use_last)
+    window = graphs.CapturedWindow(p, T, B, masks=use_masks, ds_last=use_last)
     for call in range(3):  # new inputs each call, and an in-place parameter update between calls
         _, xs, s0, masks, dys, last = (_to_gpu(a) for a in window_case(cfg, dtype, seed=10 + call))
         ys, grads, dxs, ds0 = window(xs, s0, dys, masks, last)
@@ -194,11 +194,11 @@ def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
 
 
 def test_captured_window_refuses_replaced_params_and_wrong_shapes():
-    from rhn_np import fast
+    from rhn_np import graphs  # noqa: F401
 
     cfg = CONFIGS[0]
     p, xs, s0, _, dys, _ = (_to_gpu(a) for a in window_case(cfg, "float32"))
-    window = fast.CapturedWindow(p, cfg[0], cfg[1])
+    window = graphs.CapturedWindow(p, cfg[0], cfg[1])
     window(xs, s0, dys)
     with pytest.raises(ValueError, match="captured"):
         window(xs[:2], s0, dys)
@@ -212,12 +212,12 @@ def test_captured_window_refuses_replaced_params_and_wrong_shapes():
 def test_captured_layer_replays_forward_and_backward_separately(cfg, dtype, tol):
     """Two graphs with work between them that reads ys (as a softmax head does), new
     inputs each call, a partial mask dict, and in-place parameter updates."""
-    from rhn_np import fast
+    from rhn_np import graphs  # noqa: F401
 
     T, B = cfg[0], cfg[1]
     use_masks, use_last = cfg[6], cfg[7]
     p = _to_gpu(window_case(cfg, dtype, seed=0)[0])
-    layer = fast.CapturedLayer(p, T, B, masks=use_masks, ds_last=use_last)
+    layer = graphs.CapturedLayer(p, T, B, masks=use_masks, ds_last=use_last)
     for call in range(3):
         _, xs, s0, masks, dys, last = (_to_gpu(a) for a in window_case(cfg, dtype, seed=20 + call))
         if masks is not None and call == 1:
@@ -368,7 +368,7 @@ print("ok")
 
 
 def test_to_device_uses_the_backends_gpu_not_the_current_one():
-    cp = backend._import_cupy()
+    cp = backend.cupy_module()
     if cp.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two GPUs")
     with cp.cuda.Device(1):

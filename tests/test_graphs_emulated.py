@@ -1,4 +1,4 @@
-"""The Python logic of ``fast.CapturedLayer`` and the trainer's use of it, on the CPU.
+"""The Python logic of ``graphs.CapturedLayer`` and the trainer's use of it, on the CPU.
 
 A CUDA graph is played by :class:`ReplayGraph`: "capture" runs the function once, and
 each replay runs it again and copies every result into the arrays of that first run, so
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import window_case
-from rhn_np import backend, data, fast, lm, rhn
+from rhn_np import backend, data, graphs, lm, rhn
 from rhn_np import train as T
 
 
@@ -40,7 +40,7 @@ class ReplayGraph:
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(backend, "capture_graph", ReplayGraph)
+    monkeypatch.setattr(graphs, "capture_graph", ReplayGraph)
     monkeypatch.setattr(backend, "is_cupy", lambda x: isinstance(x, np.ndarray))
 
 
@@ -49,7 +49,7 @@ CFG = (4, 3, 5, 6, 3, False, True, True)  # T, B, n_in, n, depth, coupled, masks
 
 def test_replays_give_rhn_forward_and_backward(emulated):
     p, *_ = window_case(CFG, "float64", seed=0)
-    layer = fast.CapturedLayer(p, CFG[0], CFG[1], masks=True, ds_last=True)
+    layer = graphs.CapturedLayer(p, CFG[0], CFG[1], masks=True, ds_last=True)
     for call in range(4):
         _, xs, s0, masks, dys, last = window_case(CFG, "float64", seed=10 + call)
         masks, last = [(masks, last), ({"s": masks["s"]}, last), (None, None), ({"x": masks["x"], "s": None}, last)][call]
@@ -69,7 +69,7 @@ def test_replays_give_rhn_forward_and_backward(emulated):
 
 def test_a_failed_forward_changes_nothing_and_ends_the_old_cache(emulated):
     p, xs, s0, masks, dys, last = window_case(CFG, "float64", seed=1)
-    layer = fast.CapturedLayer(p, CFG[0], CFG[1], masks=True, ds_last=True)
+    layer = graphs.CapturedLayer(p, CFG[0], CFG[1], masks=True, ds_last=True)
     _, cache = layer.forward(p, xs, s0, masks)
     before = {k: v.copy() for k, v in layer._inputs.items()}
     with pytest.raises(ValueError, match=r"s0 must be a CuPy float64 array of shape \(3, 6\)"):
@@ -82,7 +82,7 @@ def test_a_failed_forward_changes_nothing_and_ends_the_old_cache(emulated):
 
 def test_clear_errors(emulated):
     p, xs, s0, masks, dys, last = window_case(CFG, "float64", seed=2)
-    bare = fast.CapturedLayer(p, CFG[0], CFG[1])
+    bare = graphs.CapturedLayer(p, CFG[0], CFG[1])
     with pytest.raises(ValueError, match="captured without masks: build it with masks=True"):
         bare.forward(p, xs, s0, masks)
     _, cache = bare.forward(p, xs, s0, {"x": None})  # no mask given: nothing to apply
@@ -97,7 +97,7 @@ def test_clear_errors(emulated):
     with pytest.raises(TypeError, match="s0 must be a CuPy array, got None"):
         bare.forward(p, xs, None)
     _, cache = bare.forward(p, xs, s0)
-    other = fast.CapturedLayer(p, CFG[0], CFG[1])
+    other = graphs.CapturedLayer(p, CFG[0], CFG[1])
     with pytest.raises(ValueError, match="not from the latest forward of this CapturedLayer"):
         other.backward(p, cache, dys)
 
@@ -105,7 +105,7 @@ def test_clear_errors(emulated):
 def test_needs_device_parameters():
     p, *_ = window_case(CFG, "float64")
     with pytest.raises(ValueError, match="needs CuPy parameters"):
-        fast.CapturedLayer(p, CFG[0], CFG[1])
+        graphs.CapturedLayer(p, CFG[0], CFG[1])
 
 
 def _periodic():
@@ -131,8 +131,8 @@ def test_trainer_steps_through_the_captured_layer_and_recaptures(emulated, tmp_p
             first = tr._captured
         np.testing.assert_allclose(float(tr.train_step()), float(ref.train_step()), rtol=1e-12)
     assert ref._captured is None and first is not None
-    layer = tr._captured
-    assert layer is not first and (layer.shape, layer.masks) == ((5, 3), True)
+    [layer] = tr._captured  # one layer: one captured layer
+    assert layer is not first[0] and (layer.shape, layer.masks) == ((5, 3), True)
     assert layer.holds(lm.layer_params(tr.params))
     for k in ref.params:
         np.testing.assert_allclose(tr.params[k], ref.params[k], rtol=1e-12, atol=1e-15, err_msg=k)

@@ -217,7 +217,7 @@ def test_coupled_states_stay_inside_the_unit_interval(data):
     xs = rng.standard_normal((10, 4, n_in))
     ys, cache = rhn.forward(params, xs, np.zeros((4, n)))
     assert np.abs(ys).max() < 1.0
-    assert np.abs(cache["S"]).max() < 1.0
+    assert np.abs(cache["s_in"]).max() < 1.0
 
 
 def test_coupled_states_bounded_with_huge_weights():
@@ -241,7 +241,7 @@ def test_float32_in_float32_out(be, coupled):
     f32 = be.xp.float32
     assert ys.dtype == f32 and dxs.dtype == f32 and ds0.dtype == f32
     assert all(g.dtype == f32 for g in grads.values())
-    assert all(cache[k].dtype == f32 for k in ("S", "H", "T"))
+    assert all(cache[k].dtype == f32 for k in ("s_in", "h", "t"))
 
 
 def test_state_mask_scales_only_the_transform_path():
@@ -276,9 +276,9 @@ def test_state_mask_scales_the_transform_input_by_its_value():
     a_H = xs[0] @ params["W_H"] + (s0 * m_s) @ params["R_H"][0] + params["b_H"][0]
     a_T = xs[0] @ params["W_T"] + (s0 * m_s) @ params["R_T"][0] + params["b_T"][0]
     h, t = np.tanh(a_H), 1.0 / (1.0 + np.exp(-a_T))
-    np.testing.assert_allclose(cache["H"][0, 0], h, rtol=0, atol=EXACT)
-    np.testing.assert_allclose(cache["T"][0, 0], t, rtol=0, atol=EXACT)
-    np.testing.assert_allclose(cache["S"][1, 0], h * t + s0 * (1 - t), rtol=0, atol=EXACT)
+    np.testing.assert_allclose(cache["h"][0, 0], h, rtol=0, atol=EXACT)
+    np.testing.assert_allclose(cache["t"][0, 0], t, rtol=0, atol=EXACT)
+    np.testing.assert_allclose(cache["s_in"][1, 0], h * t + s0 * (1 - t), rtol=0, atol=EXACT)
 
 
 @pytest.mark.parametrize("coupled", [True, False], ids=["coupled", "uncoupled"])

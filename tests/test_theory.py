@@ -102,7 +102,7 @@ def test_micro_jacobians_match_finite_differences_of_micro_forward(data):
             z_tr = z if m_s is None else z * m_s
             return rhn.micro_forward(z_tr @ R[l] + a_in, z, coupled)[0]
 
-        s_in = cache["S"][l, 0]
+        s_in = cache["s_in"][l, 0]
         np.testing.assert_allclose(J_l, fd_jacobian(micro, s_in), rtol=FD_TOL, atol=FD_TOL)
         prod = J_l if prod is None else J_l @ prod
     np.testing.assert_allclose(theory.step_jacobian(params, x, s, m), prod, rtol=EXACT, atol=EXACT)
@@ -165,12 +165,12 @@ def test_eq10_terms_sum_to_the_micro_jacobian(data):
     np.testing.assert_allclose(terms["carry"] + terms["H"] + terms["C"] + terms["T"], A, rtol=EXACT, atol=EXACT)
     # carry term is diagonal and unmasked: diag(c) exactly
     _, cache = rhn.step_forward(params, x, s, m)
-    c = 1.0 - cache["T"][layer, 0] if cache["C"] is None else cache["C"][layer, 0]
+    c = 1.0 - cache["t"][layer, 0] if cache["c"] is None else cache["c"][layer, 0]
     np.testing.assert_array_equal(np.diagonal(terms["carry"], axis1=-2, axis2=-1), c)
     # H' diag(t) from the derivative matrices
     D = theory.derivative_matrices(params, x, s, m, layer=layer)
-    np.testing.assert_allclose(terms["H"], D["H"] * cache["T"][layer, 0][:, None, :], rtol=EXACT, atol=EXACT)
-    if cache["C"] is None:
+    np.testing.assert_allclose(terms["H"], D["H"] * cache["t"][layer, 0][:, None, :], rtol=EXACT, atol=EXACT)
+    if cache["c"] is None:
         np.testing.assert_array_equal(D["C"], -D["T"])
 
 

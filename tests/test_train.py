@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhn_np import backend, checkpoint, lm
+from rhn_np import backend, checkpoint, lm, tasks
 from rhn_np import train as T
 
 
@@ -133,7 +133,7 @@ def test_embedding_width_follows_the_authors_rule(tiny):
 def test_resume_keeps_the_embedding_width_of_the_run(tiny, tmp_path, monkeypatch):
     """A run whose default width came from an earlier rule resumes with the width it has."""
     with monkeypatch.context() as m:
-        m.setattr(T, "_emb_width", lambda cfg, ds: ds.vocab_size)  # the rule before: vocabulary size at char level
+        m.setattr(tasks, "emb_width", lambda cfg, vocab_size, hidden=None: vocab_size)  # the rule before: vocabulary size at char level
         run(tiny_cfg(hidden=8, emb=None, tied=False, max_steps=6, eval_every=3), tiny, tmp_path / "r").run()
     b = T.Trainer.resume(tmp_path / "r", overrides={"max_steps": 9}, ds=tiny, progress=False, out=lambda *x: None)
     assert b.params["E"].shape == (tiny.vocab_size, tiny.vocab_size)
@@ -578,7 +578,7 @@ def test_a_record_cut_short_by_a_crash_does_not_break_the_run(tiny, tmp_path):
     assert path.read_text().endswith("}\n") and "1.2{" not in path.read_text()
     # A whole record whose newline was never written is kept, not cut.
     path.write_text(path.read_text().rstrip("\n"))
-    T._append_metrics(str(tmp_path / "run"), {"split": "note", "step": 99})
+    T.append_metrics(str(tmp_path / "run"), {"split": "note", "step": 99})
     assert T.read_metrics(tmp_path / "run")[-2:] == [records[-1], {"split": "note", "step": 99}]
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")

@@ -1,106 +1,77 @@
-"""The fast path of the RHN layer: the same maths as :mod:`rhn_np.rhn`, fewer launches.
+"""CUDA graphs: the RHN layer's fast forward and BPTT captured once, replayed per window.
 
-:mod:`rhn_np.rhn` is the readable reference and the truth; this module computes the
-same forward and BPTT (tested against it) with the launch count a GPU wants:
+On a GPU the fast path (:mod:`rhn_np.fast`) is bound by the Python cost of launching
+two operations per micro-step; a CUDA graph replays all of them with one launch.
 
-* per micro-step forward: **one GEMM** ``a = (s ⊙ m_s) @ R[ℓ]`` into a preallocated
-  buffer and **one fused kernel** for all gate maths (bias, tanh, σ, Eq. 6, and the
-  masked state for the next GEMM), writing h, t, s straight into the cache;
-* per micro-step backward: **one fused kernel** (``ds = ds_carry + g ⊙ m_s (+ dy_t)``,
-  ∂L/∂a of every gate, the next carry gradient) and **one GEMM** ``g = ∂L/∂a @ R[ℓ]ᵀ``;
-* the input projection of all steps is one GEMM before the loop, and the weight
-  gradients are one GEMM per micro-layer after it;
-* no allocation inside the time loop, and no host synchronisation at all.
+* :func:`capture_graph` captures any function of capturable operations (CuPy kernels
+  and the fast path's direct cuBLAS calls) with a private memory pool;
+* :class:`CapturedLayer` is :func:`rhn_np.rhn.forward` and :func:`rhn_np.rhn.backward`
+  of fixed shapes, each captured once (the trainer uses it on CuPy:
+  ``Config.cuda_graphs``, for cells whose ``FAST_PATH`` is true);
+* :class:`CapturedWindow` replays both for a given ``∂L/∂ys`` (the benchmark's window).
 
-The elementwise kernels come from :func:`rhn_np.backend.gate_kernels`: CUDA
-``ElementwiseKernel`` s on CuPy (Chainer's LSTM style), in-place NumPy ufunc calls on
-NumPy (so the loop and buffer logic of this file is tested on every CPU too). The CuPy
-plans' own code is also tested without a GPU: ``tests/test_cuda_emulated.py`` compiles
-their CUDA source for the CPU and plays cuBLAS with NumPy.
-
-The cache has the same layout as the reference one (``S``, ``H``, ``T``, ``C`` of
-shape (L, T, B, n)), so :func:`rhn_np.rhn.backward` accepts either.
-
-On a GPU even two launches per micro-step cost more than the arithmetic at small batch
-sizes: :class:`CapturedLayer` captures this forward and this backward once each into a
-CUDA graph and replays them per window (the trainer does so on CuPy), and
-:class:`CapturedWindow` replays both for a given ∂L/∂ys (the benchmark's window).
+CuPy is reached through :func:`rhn_np.backend.cupy_module`.
 """
 
 from __future__ import annotations
 
 from . import backend as _backend
-from .rhn import fuse_params, split_grads
+from . import fast, rhn
+
+__all__ = ["CapturedGraph", "capture_graph", "CapturedLayer", "CapturedWindow", "supports"]
 
 
-def forward(params, xs, s0, m_x, m_s, dims):
-    """Fast forward; arguments already checked by :func:`rhn_np.rhn.forward`."""
-    T, B, n_in, n, depth, coupled, dtype = dims
-    xp = _backend.namespace(xs)
-    k = _backend.gate_kernels(xs, coupled)
-    dev = _backend.device_of(xs)
-    W, R, b = fuse_params(params)
-    kn = R.shape[2]
-
-    x_in = xs if m_x is None else xs * m_x
-    # Input projection of all T steps in one product; micro-layer 1's bias folded in.
-    a_x = xp.reshape(k.matmul(xp.reshape(x_in, (T * B, n_in)), W), (T, B, kn)) + b[0, ...]  # (T, B, k·n)
-    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
-
-    S = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
-    Hs = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
-    Ts = xp.empty((depth, T, B, n), dtype=dtype, device=dev)
-    Cs = None if coupled else xp.empty((depth, T, B, n), dtype=dtype, device=dev)
-    ys = xp.empty((T, B, n), dtype=dtype, device=dev)
-    a = xp.empty((B, kn), dtype=dtype, device=dev)  # pre-activations of one micro-step
-    s_tr = k.contiguous(s0 * mask)  # state seen by the transforms, (B, n)
-    S[0, 0, ...] = s0
-    step = k.forward_steps(a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a)
-    for t in range(T):
-        for l in range(depth):
-            step(t, l)  # one GEMM + one gate kernel: S[l, t] -> H, T, (C)[l, t] and the next state
-    cache = {"impl": "fast", "dims": dims, "xs": xs, "m_x": m_x, "m_s": m_s, "S": S, "H": Hs, "T": Ts, "C": Cs}
-    return ys, cache
+def supports(cell) -> bool:
+    """Whether a cell module can be captured (it has the fast path)."""
+    return bool(getattr(cell, "FAST_PATH", False))
 
 
-def backward(params, cache, dys, ds_last):
-    """Fast BPTT; arguments already checked by :func:`rhn_np.rhn.backward`."""
-    T, B, n_in, n, depth, coupled, dtype = cache["dims"]
-    xp = _backend.namespace(dys)
-    k = _backend.gate_kernels(dys, coupled)
-    dev = _backend.device_of(dys)
-    W, R, _ = fuse_params(params)
-    kn = R.shape[2]
-    S, Hs, Ts, Cs, m_s, m_x = cache["S"], cache["H"], cache["T"], cache["C"], cache["m_s"], cache["m_x"]
-    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
-    dys = k.contiguous(dys)
-    dA = xp.empty((depth, T, B, kn), dtype=dtype, device=dev)
-    # ∂L/∂s of a micro-layer's input = ds_carry + (∂L/∂a @ Rᵀ) ⊙ m_s: kept as its two parts,
-    # summed inside the next kernel. Two carry buffers, so no kernel reads what it writes.
-    carry = [xp.zeros((B, n), dtype=dtype, device=dev), xp.empty((B, n), dtype=dtype, device=dev)]
-    if ds_last is not None:
-        carry[0][...] = ds_last
-    g = xp.zeros((B, n), dtype=dtype, device=dev)  # ∂L/∂a @ Rᵀ of the micro-layer above
-    step, ds0 = k.backward_steps(R, S, Hs, Ts, Cs, dys, mask, dA, carry, g)
-    del R  # the step function holds what it needs (NumPy: a copy laid out as Rᵀ; CuPy: R itself)
-    for t in reversed(range(T)):
-        for l in reversed(range(depth)):
-            step(t, l)  # one gate kernel (-> dA[l, t]) + one GEMM (-> g)
-    ds0 = ds0()
+class CapturedGraph:
+    """A CUDA graph, the outputs its capture produced, and the private memory pool that
+    holds every buffer it touches (so no later allocation can reuse that memory)."""
 
-    dR = xp.empty((depth, n, kn), dtype=dtype, device=dev)
-    for l in range(depth):
-        s_tr = S[l, ...] if m_s is None else S[l, ...] * m_s
-        k.matmul(xp.reshape(s_tr, (T * B, n)).T, xp.reshape(dA[l, ...], (T * B, kn)), out=dR[l, ...])
-    db = xp.sum(xp.reshape(dA, (depth, T * B, kn)), axis=1)
-    dA1 = xp.reshape(dA[0, ...], (T * B, kn))
-    xs = cache["xs"]
-    x_in = xs if m_x is None else xs * m_x
-    dW = k.matmul(xp.reshape(x_in, (T * B, n_in)).T, dA1)
-    dxs = xp.reshape(k.matmul(dA1, W.T), (T, B, n_in))
-    if m_x is not None:
-        dxs = dxs * m_x
-    return split_grads(dW, dR, db, coupled), dxs, ds0
+    def __init__(self, graph, outputs, pool, stream):
+        self.graph, self.outputs, self._pool, self._stream = graph, outputs, pool, stream
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the graph's private memory pool (every buffer it touches)."""
+        return self._pool.total_bytes()
+
+    def launch(self):
+        """Replay on the caller's current stream (asynchronous, like any kernel launch)."""
+        self.graph.launch(_backend.cupy_module().cuda.get_current_stream())
+
+
+def capture_graph(fn) -> CapturedGraph:
+    """Run ``fn()`` once to warm up, then capture a second run into a CUDA graph.
+
+    Everything ``fn`` allocates comes from a private CuPy memory pool that lives as long
+    as the returned object: temporaries freed during the capture keep their addresses
+    for the replays. ``fn`` must use only capturable operations (CuPy kernels and the
+    fast path's direct cuBLAS calls; not ``cupy.matmul``).
+    """
+    cp = _backend.cupy_module()
+    if cp is None:
+        raise RuntimeError(f"CUDA graphs need CuPy and a GPU ({_backend.cupy_unavailable_reason()})")
+    cp.cuda.get_current_stream().synchronize()  # what fn reads was written on the caller's stream
+    pool = cp.cuda.MemoryPool()
+    stream = cp.cuda.Stream(non_blocking=True)
+    mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        fn()  # compiles kernels and sizes the private pool
+        stream.synchronize()
+        stream.begin_capture() if mode is None else stream.begin_capture(mode)
+        try:
+            outputs = fn()
+        except BaseException:
+            try:  # end the broken capture, but report what broke it
+                stream.end_capture()
+            except Exception:
+                pass
+            raise
+        graph = stream.end_capture()
+    stream.synchronize()
+    return CapturedGraph(graph, outputs, pool, stream)
 
 
 class CapturedLayer:
@@ -132,9 +103,8 @@ class CapturedLayer:
     def __init__(self, params, T, B, *, masks=False, ds_last=False):
         if not all(_backend.is_cupy(p) for p in params.values()):
             raise ValueError("a CUDA graph needs CuPy parameters: rhn.init_params(..., backend='cupy')")
-        from .rhn import _check_params
-
-        xp, n_in, n, depth, dtype, coupled = _check_params(params)
+        n_in, n, depth, dtype = rhn.dims(params)
+        xp = _backend.namespace(*params.values())
         dev = _backend.device_of(params["R_H"])
         z = lambda *shape: xp.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
         self.params = dict(params)
@@ -147,23 +117,19 @@ class CapturedLayer:
         if self.ds_last:
             self._inputs["ds_last"] = z(B, n)
         self._token = None  # the cache of the latest forward replay
-        previous = _backend.set_cuda_kernels("raw")  # direct cuBLAS calls can be captured
+        previous = fast.set_cuda_kernels("raw")  # direct cuBLAS calls can be captured
         try:
-            self._forward_graph = _backend.capture_graph(self._forward)
-            self._backward_graph = _backend.capture_graph(self._backward)  # reads the forward's cache buffers
+            self._forward_graph = capture_graph(self._forward)
+            self._backward_graph = capture_graph(self._backward)  # reads the forward's cache buffers
         finally:
-            _backend.set_cuda_kernels(previous)
+            fast.set_cuda_kernels(previous)
 
     def _forward(self):
-        from . import rhn
-
         inp = self._inputs
         masks = {"x": inp["m_x"], "s": inp["m_s"]} if self.masks else None
         return rhn.forward(self.params, inp["xs"], inp["s0"], masks, impl="fast")
 
     def _backward(self):
-        from . import rhn
-
         _, cache = self._forward_graph.outputs
         return rhn.backward(self.params, cache, self._inputs["dys"], self._inputs.get("ds_last"))
 
