@@ -55,6 +55,7 @@ __all__ = [
     "address",
     "xp_name",
     "cupy_module",
+    "cupy_blas",
     "describe",
 ]
 
@@ -84,6 +85,17 @@ def cupy_module():
     """The CuPy module when it imports and sees a GPU, else None (the fast path and the
     CUDA graphs get CuPy from here: no other module imports it)."""
     return _import_cupy()
+
+
+def cupy_blas():
+    """CuPy's cuBLAS binding and its per-device handle getter, ``(cublas, get_cublas_handle)``,
+    for the fast path's direct GEMM calls (None when CuPy is not usable)."""
+    if _import_cupy() is None:
+        return None
+    from cupy.cuda import device as cuda_device
+    from cupy_backends.cuda.libs import cublas
+
+    return cublas, cuda_device.get_cublas_handle
 
 
 def cupy_available() -> bool:

@@ -131,8 +131,9 @@ def _train(args) -> int:
         trainer = T.Trainer(cfg, work_dir, progress=not args.quiet)
     cfg, ds = trainer.cfg, trainer.ds
     layers = f"{cfg.layers} layers of " if cfg.layers > 1 else ""
+    source = "the run's settings" if args.resume else f"preset {preset}"
     print(f"training on {ds.name} ({ds.level} level, {len(ds.train):,} training {'sequences' if ds.kind != 'tokens' else 'symbols'}, "
-          f"vocabulary {ds.vocab_size}) with preset {preset}: {layers}{cfg.cell}, depth {cfg.depth}, {cfg.hidden} units, "
+          f"vocabulary {ds.vocab_size}) with {source}: {layers}{cfg.cell}, depth {cfg.depth}, {cfg.hidden} units, "
           f"{trainer.n_params:,} parameters, batch {cfg.batch_size} x {cfg.bptt} steps, {cfg.optimizer} lr {cfg.lr:g}, "
           f"{_steps(trainer.total_steps())}, backend {trainer.be.name} {cfg.dtype}")
     print(f"work folder: {work_dir}")

@@ -117,7 +117,7 @@ def plot_discs(
     """
     import matplotlib.patches as mpatches
 
-    Mh = theory._host_matrix(M)  # float64, or complex128 for a complex M
+    Mh = theory.host_matrix(M)  # float64, or complex128 for a complex M
     if Mh.ndim != 2 or Mh.shape[0] < 1:
         raise ValueError(f"plot_discs draws one matrix (n, n), n >= 1; got shape {Mh.shape} (index a batch row first)")
     ax = _axes(ax)

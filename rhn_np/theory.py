@@ -81,6 +81,7 @@ __all__ = [
     "rnn_norm_bound",
     # Jacobians across time
     "jacobians_across_time",
+    "host_matrix",
     "singular_values",
     "lag_norms",
     # Geršgorin discs and spectra
@@ -448,7 +449,7 @@ def jacobians_across_time(Js, *, anchor="end"):
     return xp.stack(out)
 
 
-def _host_matrix(M) -> np.ndarray:
+def host_matrix(M) -> np.ndarray:
     """M on the host in float64 (complex128 when M is complex), for LAPACK."""
     Mh = np.asarray(_backend.to_host(M))
     return Mh.astype(np.complex128 if np.iscomplexobj(Mh) else np.float64, copy=False)
@@ -457,7 +458,7 @@ def _host_matrix(M) -> np.ndarray:
 def singular_values(M):
     """Singular values of a (stack of) matrix (..., m, n), on the host in float64, descending
     (a complex M is decomposed in complex128)."""
-    return np.linalg.svd(_host_matrix(M), compute_uv=False)
+    return np.linalg.svd(host_matrix(M), compute_uv=False)
 
 
 def lag_norms(P):
@@ -497,7 +498,7 @@ def spectrum(M):
     ``backend.to_host`` then ``numpy.linalg.eigvals`` in float64 (complex128 for a
     complex M), so it works for CuPy and array-api-strict inputs too.
     """
-    return np.linalg.eigvals(_host_matrix(M)).astype(np.complex128)
+    return np.linalg.eigvals(host_matrix(M)).astype(np.complex128)
 
 
 def spectral_radius(M):
@@ -534,7 +535,7 @@ def eigenvalues_in_union(M, axis="rows", *, rtol=1e-7, atol=1e-12):
     if axis not in ("rows", "columns", "both"):
         raise ValueError(f"axis must be 'rows', 'columns' or 'both', got {axis!r}")
     axes = ("rows", "columns") if axis == "both" else (axis,)
-    Mh = _host_matrix(M)
+    Mh = host_matrix(M)
     lam = spectrum(Mh)
     scale = np.maximum(1.0, np.max(np.sum(np.abs(Mh), axis=-1), axis=-1))
     tol = atol + rtol * scale

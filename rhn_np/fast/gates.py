@@ -325,10 +325,8 @@ class CupyRawGates(StepPlans):
         cp = _backend.cupy_module()
         self.cp, self.coupled = cp, coupled
         self.blas = Cublas(cp)
-        from cupy.cuda import device as cuda_device
-        from cupy_backends.cuda.libs import cublas
-
-        self._cublas, self._cupy_handle = cublas, cuda_device.get_cublas_handle
+        cublas, get_handle = _backend.cupy_blas()
+        self._cublas, self._cupy_handle = cublas, get_handle
         self._cupy_gemm = {np.dtype(np.float32): cublas.sgemm, np.dtype(np.float64): cublas.dgemm}
         tag = "coupled" if coupled else "uncoupled"
         self._fn = {}
