@@ -332,6 +332,46 @@ def head(params, n, dtype):
             raise TypeError(f"params[{key!r}] is {a.dtype} but the layer's parameters are {dtype}: use one dtype")
 
 
+def model_params(params):
+    """A language model's parameter dict (it has the output bias ``b_out``)."""
+    if not isinstance(params, dict) or "b_out" not in params:
+        raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
+
+
+def layer_found(layer, k, K):
+    if not layer:
+        raise ValueError(f"the model has {K} layer(s), not a layer {k}")
+
+
+def tied_width(tied, n_emb, n):
+    if tied and n_emb != n:
+        raise ValueError(f"weight tying uses E (vocab, n_emb) as the softmax weights Eᵀ (n, vocab), so it needs "
+                         f"n_emb == n; got n_emb={n_emb}, n={n}")
+
+
+def stacked_layer(k, n_in, n_k, n):
+    """Layer ``k`` >= 2 reads the ``n`` outputs of the one below and has ``n`` units."""
+    if n_in != n or n_k != n:
+        raise ValueError(f"layer {k} reads {n_in} inputs and has {n_k} units; every layer above the first reads "
+                         f"the {n} outputs of the one below and has {n} units")
+
+
+def model_kind(params, word):
+    if word and "E" not in params:
+        raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
+    if not word and "W_out" not in params:
+        raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
+
+
+def vocab_shape(vocab_shape, dX, ids):
+    """``vocab_shape`` is ``E.shape`` and fits ``dX (T, B, n_emb)`` and ``ids (T, B)``."""
+    if not (isinstance(vocab_shape, (tuple, list)) and len(vocab_shape) == 2):
+        raise TypeError(f"vocab_shape must be the shape (V, n_emb) of E, got {vocab_shape!r}")
+    T, B, d = dX.shape
+    if d != tuple(vocab_shape)[1] or tuple(ids.shape) != (T, B):
+        raise ValueError(f"dX {tuple(dX.shape)} and ids {tuple(ids.shape)} do not match vocab_shape {tuple(vocab_shape)}")
+
+
 def embedding(E, n_in, dtype, tied, n):
     if tied and E.shape[1] != n:
         raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(E.shape)} and n={n}")
@@ -434,6 +474,43 @@ def layout(layout):
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'numerator' or 'paper', got {layout!r}")
     return layout
+
+
+def choice(name, value, choices):
+    """``value`` is one of ``choices`` (strings): "must be 'a' or 'b', got ..."."""
+    if value not in choices:
+        listed = ", ".join(repr(v) for v in choices[:-1]) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
+        raise ValueError(f"{name} must be {listed}, got {value!r}")
+    return value
+
+
+def coupled(params, what):
+    if "R_C" in params:
+        raise ValueError(f"{what} needs coupled params (no W_C/R_C/b_C)")
+
+
+def nonnegative(name, value):
+    if not (is_real(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return value
+
+
+def sequence(name, xs):
+    if len(xs.shape) != 3 or xs.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (T >= 1, B, n_in), got {tuple(xs.shape)} (one sequence: "
+                         f"{name}[:, None, :])")
+
+
+def square(name, M):
+    if M.ndim < 2 or M.shape[-1] != M.shape[-2]:
+        raise ValueError(f"{name} must be square in its last two axes, got shape {tuple(M.shape)}")
+
+
+def discs(c, r):
+    """Centres and radii of one set of discs (host arrays with a point axis added)."""
+    if c.shape != r.shape:
+        raise ValueError(f"centres {c.shape[:-2] + c.shape[-1:]} and radii {r.shape[:-2] + r.shape[-1:]} must have "
+                         "the same shape (one radius per disc; gersgorin_discs returns both)")
 
 
 def micro_layer(layer, depth):

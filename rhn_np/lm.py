@@ -121,14 +121,12 @@ def layer_params(params, k: int = 1):
     the cell's own names: what :mod:`rhn_np.rhn` / :mod:`rhn_np.dtrnn` and
     :mod:`rhn_np.theory` take, e.g. for the Jacobians of a trained model
     (``train.load_run``). The arrays are shared, not copied."""
-    if not isinstance(params, dict) or "b_out" not in params:
-        raise TypeError("params must be the dict of lm.init_lm_params(...) or lm.init_dense_params(...)")
+    checks.model_params(params)
     if k == 1:
         return {key: v for key, v in params.items() if key not in HEAD_KEYS and not key.startswith("layer")}
     prefix = f"layer{k}."
     layer = {key[len(prefix):]: v for key, v in params.items() if key.startswith(prefix)}
-    if not layer:
-        raise ValueError(f"the model has {n_layers(params)} layer(s), not a layer {k}")
+    checks.layer_found(layer, k, n_layers(params))
     return layer
 
 
@@ -190,11 +188,7 @@ def init_lm_params(
     """
     vocab, n_emb, n = (checks.positive_int(k, v) for k, v in (("vocab", vocab), ("n_emb", n_emb), ("n", n)))
     layers = checks.positive_int("layers", layers)
-    if tied and n_emb != n:
-        raise ValueError(
-            f"weight tying uses E (vocab, n_emb) as the softmax weights Eᵀ (n, vocab), so it needs "
-            f"n_emb == n; got n_emb={n_emb}, n={n}"
-        )
+    checks.tied_width(tied, n_emb, n)
     c = cells.get(cell)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
@@ -277,9 +271,7 @@ def _stack(params):
         out.append((cell, lp, cell.dims(lp)))
     n = out[0][2][1]
     for k, (_, _, d) in enumerate(out[1:], 2):
-        if d[0] != n or d[1] != n:
-            raise ValueError(f"layer {k} reads {d[0]} inputs and has {d[1]} units; every layer above the first reads "
-                             f"the {n} outputs of the one below and has {n} units")
+        checks.stacked_layer(k, d[0], d[1], n)
     return out
 
 
@@ -504,12 +496,9 @@ def embedding_backward(dX, ids, vocab_shape, word_mask=None):
     dE : (V, n_emb)
     """
     xp = _backend.namespace(dX, ids, word_mask)
-    T, B, d = dX.shape
-    if not (isinstance(vocab_shape, (tuple, list)) and len(vocab_shape) == 2):
-        raise TypeError(f"vocab_shape must be the shape (V, n_emb) of E, got {vocab_shape!r}")
+    checks.vocab_shape(vocab_shape, dX, ids)
+    T, B, _ = dX.shape
     V, n_emb = tuple(vocab_shape)
-    if d != n_emb or tuple(ids.shape) != (T, B):
-        raise ValueError(f"dX {tuple(dX.shape)} and ids {tuple(ids.shape)} do not match vocab_shape {tuple(vocab_shape)}")
     checks.ids(xp, "ids", ids, V)  # a negative id would silently send its gradient to row V - k
     word_mask = _word_mask_3d(xp, word_mask)
     dXm = dX if word_mask is None else dX * word_mask  # (T, B, n_emb)
@@ -666,10 +655,7 @@ def _softmax_weights(params):
 
 def _checked_model(params, s0, a, name, word):
     """The model's layers, with its heads, state and input layout checked."""
-    if word and "E" not in params:
-        raise ValueError("params has no embedding 'E': build it with lm.init_lm_params(...)")
-    if not word and "W_out" not in params:
-        raise ValueError("params has no 'W_out': build it with lm.init_dense_params(...)")
+    checks.model_kind(params, word)
     stack = _stack(params)
     n_in, n, _, dtype = stack[0][2]
     if word:

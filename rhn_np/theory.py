@@ -293,8 +293,7 @@ def coupled_closed_form(params, x, s_prev, masks=None, *, layer=0, layout="numer
     ``t ≈ 0`` and ``T' ≈ 0``, so ``A ≈ I``.
     """
     checks.layout(layout)
-    if "R_C" in params:
-        raise ValueError("coupled_closed_form needs coupled params (no W_C/R_C/b_C)")
+    checks.coupled(params, "coupled_closed_form")
     cache = _step_cache(params, x, s_prev, masks)
     D, (y, h, g_t, _) = _paper_derivatives(params, cache, layer, 0)
     A = _diag(1.0 - g_t) + D["H"] * g_t[:, None, :] + D["T"] * (h - y)[:, None, :]
@@ -354,11 +353,9 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
     -------
     dict ``{"R": (n, n), "W": (n_in, n), "b": (n,)}``: call ``rnn_step_jacobian(**p, x=x, y_prev=y)``.
     """
-    if init not in ("normal", "identity"):
-        raise ValueError(f"init must be 'normal' or 'identity', got {init!r}")
+    checks.choice("init", init, ("normal", "identity"))
     n_in, n = checks.positive_int("n_in", n_in), checks.positive_int("n", n)
-    if not (checks.is_real(init_std) and init_std >= 0):
-        raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
+    checks.nonnegative("init_std", init_std)
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
     rng = _backend.host_rng(seed)
@@ -379,8 +376,7 @@ def rnn_step_forward(R, W, b, x, y_prev):
 
 def rnn_forward(R, W, b, xs, y0):
     """:func:`rnn_step_forward` over ``xs`` (T, B, n_in) from ``y0`` (B, n); returns ys (T, B, n)."""
-    if len(xs.shape) != 3 or xs.shape[0] < 1:
-        raise ValueError(f"xs must have shape (T >= 1, B, n_in), got {tuple(xs.shape)} (one sequence: xs[:, None, :])")
+    checks.sequence("xs", xs)
     return dtrnn.forward(dtrnn.rnn_params(R, W, b), xs, y0)[0]
 
 
@@ -433,8 +429,7 @@ def jacobians_across_time(Js, *, anchor="end"):
 
     Returns (T, B, n, n) on the backend of ``Js``.
     """
-    if anchor not in ("end", "start"):
-        raise ValueError(f"anchor must be 'end' or 'start', got {anchor!r}")
+    checks.choice("anchor", anchor, ("end", "start"))
     xp = _backend.namespace(Js)
     T = Js.shape[0]
     P, out = None, []
@@ -478,11 +473,9 @@ def gersgorin_discs(M, axis="rows"):
     the union of the column discs. Returns ``(centres, radii)``, each (..., n),
     on the backend of M.
     """
-    if axis not in ("rows", "columns"):
-        raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
+    checks.choice("axis", axis, ("rows", "columns"))
     xp = _backend.namespace(M)
-    if M.ndim < 2 or M.shape[-1] != M.shape[-2]:
-        raise ValueError(f"M must be square in its last two axes, got shape {tuple(M.shape)}")
+    checks.square("M", M)
     n = M.shape[-1]
     eye = xp.eye(n, dtype=M.dtype, device=_backend.device_of(M))
     centres = xp.sum(M * eye, axis=-1)
@@ -516,9 +509,7 @@ def in_union(points, centres, radii, *, tol=0.0):
     z = np.asarray(_backend.to_host(points))[..., :, None]
     c = np.asarray(_backend.to_host(centres))[..., None, :]
     r = np.asarray(_backend.to_host(radii))[..., None, :]
-    if c.shape != r.shape:
-        raise ValueError(f"centres {c.shape[:-2] + c.shape[-1:]} and radii {r.shape[:-2] + r.shape[-1:]} must have "
-                         "the same shape (one radius per disc; gersgorin_discs returns both)")
+    checks.discs(c, r)
     tol = np.asarray(tol)[..., None, None] if np.ndim(tol) else tol
     return np.any(np.abs(z - c) <= r + tol, axis=-1)
 
@@ -532,8 +523,7 @@ def eigenvalues_in_union(M, axis="rows", *, rtol=1e-7, atol=1e-12):
 
     Returns a host bool array of shape ``M.shape[:-2]`` (a 0-d array for one matrix).
     """
-    if axis not in ("rows", "columns", "both"):
-        raise ValueError(f"axis must be 'rows', 'columns' or 'both', got {axis!r}")
+    checks.choice("axis", axis, ("rows", "columns", "both"))
     axes = ("rows", "columns") if axis == "both" else (axis,)
     Mh = host_matrix(M)
     lam = spectrum(Mh)
