@@ -252,7 +252,7 @@ def cpu_row(size, repeats, torch):
 
 
 def gpu_row(size, repeats, torch):
-    cp = backend._import_cupy()
+    cp = backend.cupy_module()
     if cp is None:
         sys.exit(f"no usable GPU: {backend.cupy_unavailable_reason()}")
     sync = cp.cuda.Device().synchronize
@@ -437,8 +437,8 @@ def main(argv=None):
             save()
         lm_backend = "numpy" if device == "cpu" else "cupy"
         for preset in presets:
-            for graphs in bench_lm.graph_settings(lm_backend):
-                lm.append(lm_row(preset, lm_backend, args.lm_repeats, graphs))
+            for use_graphs in bench_lm.graph_settings(lm_backend):
+                lm.append(lm_row(preset, lm_backend, args.lm_repeats, use_graphs))
                 save()
     print(report(meta, layer, lm))
 

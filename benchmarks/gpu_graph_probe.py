@@ -17,7 +17,7 @@ import statistics
 import time
 
 
-from rhn_np import backend, fast, graphs, rhn
+from rhn_np import backend, fast, rhn
 
 from bench_layer import SIZES, make_inputs
 
@@ -27,7 +27,7 @@ def main(argv=None):
     ap.add_argument("--size", default="ptb_paper", choices=sorted(SIZES))
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
-    cp = backend._import_cupy()
+    cp = backend.cupy_module()
     fast.set_cuda_kernels("raw")
     params, xs, s0, dys = make_inputs(args.size)
     gp = {k: backend.to_device(v, "cupy") for k, v in params.items()}

@@ -247,7 +247,7 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
 def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
     """Dropout-off NLL per time step (summed over the 88 keys) of piano rolls."""
     be = _backend.of(params["W_out"])
-    xp, dtype = be.xp, params["W_out"].dtype
+    dtype = params["W_out"].dtype
     batches = SequenceBatches(sequences, batch_size)
     order = batches.order(None)
     total, n_steps = None, 0.0
@@ -300,7 +300,6 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     length = checks.positive_int("length", length)
     _check_vocab_size(params, ds, "sample", "sample with the data set (or run) the model was trained on")
     be = _backend.of(params["E"])
-    xp = be.xp
     rng = _backend.host_rng(seed)
     ids = list(ds.encode(prime)) if prime else []
     if not ids:  # start after an end of line, like a new sentence / paragraph

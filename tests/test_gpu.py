@@ -176,7 +176,6 @@ def test_theory_on_gpu_arrays():
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[2], CONFIGS[4]])
 def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
-    from rhn_np import graphs  # noqa: F401
 
     T, B = cfg[0], cfg[1]
     use_masks, use_last = cfg[6], cfg[7]
@@ -194,7 +193,6 @@ def test_captured_window_replays_the_fast_path(cfg, dtype, tol):
 
 
 def test_captured_window_refuses_replaced_params_and_wrong_shapes():
-    from rhn_np import graphs  # noqa: F401
 
     cfg = CONFIGS[0]
     p, xs, s0, _, dys, _ = (_to_gpu(a) for a in window_case(cfg, "float32"))
@@ -212,7 +210,6 @@ def test_captured_window_refuses_replaced_params_and_wrong_shapes():
 def test_captured_layer_replays_forward_and_backward_separately(cfg, dtype, tol):
     """Two graphs with work between them that reads ys (as a softmax head does), new
     inputs each call, a partial mask dict, and in-place parameter updates."""
-    from rhn_np import graphs  # noqa: F401
 
     T, B = cfg[0], cfg[1]
     use_masks, use_last = cfg[6], cfg[7]
@@ -257,12 +254,12 @@ def test_trainer_with_cuda_graphs_matches_kernel_by_kernel(tmp_path, dtype, tol)
                 lr_schedule="epoch", max_steps=50, drop_x=0.1, drop_i=0.3, drop_h=0.2, drop_o=0.3,
                 weight_decay=1e-4, clip=1.0, dtype=dtype, seed=3, backend="cupy")
     runs = {}
-    for graphs in (True, False):
-        cfg = T.Config(**base, cuda_graphs=graphs).check()
-        tr = T.Trainer(cfg, tmp_path / str(graphs), ds=ds, progress=False, out=lambda *a: None)
+    for use_graphs in (True, False):
+        cfg = T.Config(**base, cuda_graphs=use_graphs).check()
+        tr = T.Trainer(cfg, tmp_path / str(use_graphs), ds=ds, progress=False, out=lambda *a: None)
         losses = [float(tr.train_step()) for _ in range(50)]
-        assert (tr._captured is not None) is graphs  # the graphs ran where asked, and only there
-        runs[graphs] = np.array(losses), {k: backend.to_host(v) for k, v in tr.params.items()}
+        assert (tr._captured is not None) is use_graphs  # the graphs ran where asked, and only there
+        runs[use_graphs] = np.array(losses), {k: backend.to_host(v) for k, v in tr.params.items()}
     assert runs[True][0][-10:].mean() < 0.5 * runs[True][0][:10].mean()  # it does learn (NumPy: 26.4 -> 6.2)
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=tol)
     for k in runs[False][1]:
