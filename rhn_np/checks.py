@@ -349,6 +349,13 @@ def tied_width(tied, n_emb, n):
                          f"n_emb == n; got n_emb={n_emb}, n={n}")
 
 
+def budget_tying(tied, emb, n, budget):
+    """A tied model sized by a parameter budget: its embedding width is the width the budget gives."""
+    if tied and emb is not None and emb != n:
+        raise ValueError(f"weight tying (--tied) needs emb == hidden, and the budget of {budget:,} parameters "
+                         f"(--params) gives hidden = {n}, not emb = {emb}: leave --emb unset")
+
+
 def stacked_layer(k, n_in, n_k, n):
     """Layer ``k`` >= 2 reads the ``n`` outputs of the one below and has ``n`` units."""
     if n_in != n or n_k != n:
@@ -482,6 +489,13 @@ def choice(name, value, choices):
         listed = ", ".join(repr(v) for v in choices[:-1]) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
         raise ValueError(f"{name} must be {listed}, got {value!r}")
     return value
+
+
+def rhn_only(cell_name, what):
+    """The functions of the RHN's Eqs. 10-13 take RHN parameters."""
+    if cell_name != "rhn":
+        raise ValueError(f"{what} computes the RHN's Eqs. 10-13 and needs RHN parameters, got a {cell_name}'s; "
+                         "theory.step_jacobian gives the step Jacobian of any cell")
 
 
 def coupled(params, what):

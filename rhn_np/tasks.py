@@ -180,6 +180,7 @@ def resolve_width(cfg, ds):
     if cfg.params is None:
         return cfg
     n, _ = cells.matched_width(cfg.cell, cfg.depth, None, None, cfg.params, count=lambda n: count_params(cfg, ds, n))
+    checks.budget_tying(cfg.tied, cfg.emb, n, cfg.params)
     return dataclasses.replace(cfg, hidden=n)
 
 

@@ -130,8 +130,9 @@ def _layer_values(cache, layer, t):
     return S[layer, t, ...], H[layer, t, ...], G[layer, t, ...], c
 
 
-def _step_cache(params, x, s_prev, masks):
+def _step_cache(params, x, s_prev, masks, what):
     """The layer's own forward over one step: its cache holds every gate value."""
+    checks.rhn_only(cells.name_of(params), what)
     _, cache = rhn.step_forward(params, x, s_prev, masks)
     return cache
 
@@ -185,6 +186,7 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     (B, n, n) array: ``J_L ⋯ J_1`` (numerator) or ``A_1 ⋯ A_L`` (paper).
     """
     checks.layout(layout)
+    checks.rhn_only(cells.name_of(params), "jacobian_from_cache")
     n_in, n, depth, dtype = rhn.dims(params)
     T, _ = checks.cache_matches(cache, (n_in, n, depth, not rhn.is_coupled(params), dtype), "rhn")
     checks.time_index(t, T)
@@ -242,7 +244,7 @@ def step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
 def rhn_step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
     """The RHN's step Jacobian from the paper's Eqs. 10-13: ``J_L ⋯ J_1`` of the gate values
     in :func:`rhn_np.rhn.step_forward`'s cache (equal to :func:`step_jacobian`)."""
-    return jacobian_from_cache(params, _step_cache(params, x, s_prev, masks), 0, layout=layout)
+    return jacobian_from_cache(params, _step_cache(params, x, s_prev, masks, "rhn_step_jacobian"), 0, layout=layout)
 
 
 def micro_jacobians(params, x, s_prev, masks=None, *, layout="numerator"):
@@ -252,7 +254,7 @@ def micro_jacobians(params, x, s_prev, masks=None, *, layout="numerator"):
     ``A = A_1 ⋯ A_L`` (paper layout).
     """
     checks.layout(layout)
-    cache = _step_cache(params, x, s_prev, masks)
+    cache = _step_cache(params, x, s_prev, masks, "micro_jacobians")
     out = []
     for layer in range(cache["s_in"].shape[0]):
         A = _micro_paper(params, cache, layer, 0)
@@ -268,7 +270,7 @@ def derivative_matrices(params, x, s_prev, masks=None, *, layer=0):
     convention), and likewise for T, C; coupled gates give ``C' = -T'``.
     ``layer`` is the code index ℓ-1 (0 = the micro-layer that sees the input).
     """
-    D, _ = _paper_derivatives(params, _step_cache(params, x, s_prev, masks), layer, 0)
+    D, _ = _paper_derivatives(params, _step_cache(params, x, s_prev, masks, "derivative_matrices"), layer, 0)
     return D
 
 
@@ -281,7 +283,7 @@ def jacobian_terms(params, x, s_prev, masks=None, *, layer=0, layout="numerator"
     and ``C' = -T'``.
     """
     checks.layout(layout)
-    terms = _paper_terms(params, _step_cache(params, x, s_prev, masks), layer, 0)
+    terms = _paper_terms(params, _step_cache(params, x, s_prev, masks, "jacobian_terms"), layer, 0)
     return terms if layout == "paper" else {k: _mT(v) for k, v in terms.items()}
 
 
@@ -294,7 +296,7 @@ def coupled_closed_form(params, x, s_prev, masks=None, *, layer=0, layout="numer
     """
     checks.layout(layout)
     checks.coupled(params, "coupled_closed_form")
-    cache = _step_cache(params, x, s_prev, masks)
+    cache = _step_cache(params, x, s_prev, masks, "coupled_closed_form")
     D, (y, h, g_t, _) = _paper_derivatives(params, cache, layer, 0)
     A = _diag(1.0 - g_t) + D["H"] * g_t[:, None, :] + D["T"] * (h - y)[:, None, :]
     return A if layout == "paper" else _mT(A)
@@ -312,7 +314,7 @@ def eq14_printed_radii(params, x, s_prev, masks=None, *, layer=0):
     be the *column* radius of A, ``Σ_{j≠i} |A_ji|``, which is a valid disc; as
     printed it mixes the two and can miss eigenvalues (notebook ``theory.py``, §6).
     """
-    cache = _step_cache(params, x, s_prev, masks)
+    cache = _step_cache(params, x, s_prev, masks, "eq14_printed_radii")
     D, (y, h, g_t, _) = _paper_derivatives(params, cache, layer, 0)
     M = D["H"] * g_t[:, :, None] + D["C"] * y[:, :, None] + D["T"] * h[:, :, None]  # row-indexed gates
     _, radii = gersgorin_discs(M, axis="rows")

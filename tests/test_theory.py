@@ -591,3 +591,214 @@ def test_adam_checks_the_params_before_changing_anything():
     with pytest.raises(ValueError, match="eps must be a finite number > 0.0"):
         optim.Adam(eps=0)
     assert optim.lr_at_epoch(10**6, 0.2, 1, 1.5) == 0.0  # decayed to nothing, not an OverflowError
+
+
+# ----------------------------------------------------------------------------
+# Any cell: the generic step Jacobian on the DT-RNN and DT(S)-RNN (Pascanu et al.),
+# Eq. 2 as the DT-RNN of depth 1, and the RHN's Eq. 10 route against the generic one
+# ----------------------------------------------------------------------------
+from rhn_np import dtrnn  # noqa: E402
+
+
+def draw_dtrnn_config(data, *, shortcut=None, masks=None, depth=None):
+    """Draw a small DT-RNN / DT(S)-RNN configuration (labelled) and host float64 inputs for one step."""
+    B = data.draw(st.integers(1, 3), label="B")
+    n_in = data.draw(st.integers(1, 4), label="n_in")
+    n = data.draw(st.integers(1, 5), label="n")
+    L = data.draw(st.integers(1, 3), label="depth") if depth is None else depth
+    shortcut = data.draw(st.booleans(), label="shortcut") if shortcut is None else shortcut
+    use_masks = data.draw(st.booleans(), label="masks") if masks is None else masks
+    init_scale = data.draw(st.floats(0.05, 1.2), label="init_scale")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    params = dtrnn.init_params(n_in, n, L, shortcut=shortcut, init_scale=init_scale, seed=seed, dtype="float64")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, n_in))
+    s = np.tanh(rng.standard_normal((B, n)))
+    m = None
+    if use_masks:  # inverted dropout masks, keep = 0.7 (zeros included)
+        m = {"x": (rng.random((B, n_in)) < 0.7) / 0.7, "s": (rng.random((B, n)) < 0.7) / 0.7}
+    return params, x, s, m
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_dtrnn_step_jacobian_matches_finite_differences(data):
+    """The generic step_jacobian (the cell's own step_backward) on DT-RNN / DT(S)-RNN params
+    is the derivative of dtrnn.step_forward with respect to s_{t-1}."""
+    params, x, s, m = draw_dtrnn_config(data)
+    J = theory.step_jacobian(params, x, s, m)
+    assert J.shape == (x.shape[0], s.shape[1], s.shape[1]) and J.dtype == np.float64
+    J_fd = fd_jacobian(lambda z: dtrnn.step_forward(params, x, z, m)[0], s)
+    np.testing.assert_allclose(J, J_fd, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(theory.step_jacobian(params, x, s, m, layout="paper"), np.swapaxes(J, -1, -2),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shortcut", [False, True], ids=["dt_rnn", "dts_rnn"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomasks", "masks"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_dtrnn_step_jacobian_matches_finite_differences_grid(shortcut, masked, depth):
+    """The same on a fixed grid, every combination at least once (B 3, n 5)."""
+    rng = np.random.default_rng(depth + 10 * shortcut + 100 * masked)
+    B, n_in, n = 3, 2, 5
+    params = dtrnn.init_params(n_in, n, depth, shortcut=shortcut, init_scale=0.8, seed=depth, dtype="float64")
+    x, s = rng.standard_normal((B, n_in)), np.tanh(rng.standard_normal((B, n)))
+    m = {"x": rng.uniform(0, 2, (B, n_in)), "s": rng.uniform(0, 2, (B, n))} if masked else None
+    J = theory.step_jacobian(params, x, s, m)
+    J_fd = fd_jacobian(lambda z: dtrnn.step_forward(params, x, z, m)[0], s)
+    np.testing.assert_allclose(J, J_fd, rtol=1e-8, atol=1e-8)
+    # The closed form of the docstring: Π_ℓ diag(1 - z_ℓ²) (diag(m_s) R[ℓ])ᵀ, plus the
+    # shortcut diag(1 - z_L²) (diag(m_s) U)ᵀ added to the last factor's input path.
+    _, cache = dtrnn.step_forward(params, x, s, m)
+    ms = np.ones((B, n)) if m is None else m["s"]
+    P = np.broadcast_to(np.eye(n), (B, n, n))
+    for l in range(depth):
+        d = 1.0 - cache["z"][l, 0] ** 2  # (B, n)
+        M = d[:, :, None] * np.swapaxes(ms[:, :, None] * params["R"][l][None], -1, -2)
+        P = M @ P
+    if shortcut:
+        d = 1.0 - cache["z"][depth - 1, 0] ** 2
+        P = P + d[:, :, None] * np.swapaxes(ms[:, :, None] * params["U"][None], -1, -2)
+    np.testing.assert_allclose(J, P, rtol=EXACT, atol=EXACT)
+
+
+@given(
+    n_in=st.integers(1, 4),
+    n=st.integers(1, 5),
+    B=st.integers(1, 3),
+    std=st.floats(0.05, 1.5),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(deadline=None)
+def test_dtrnn_of_depth_one_is_eq2(n_in, n, B, std, seed):
+    """Depth 1 without shortcut is the plain tanh RNN: step_jacobian on its DT-RNN params
+    equals rnn_step_jacobian (Eq. 2, closed form), in both layouts."""
+    p = theory.rnn_init(n_in, n, init_std=std, seed=seed)
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((B, n_in)), np.tanh(rng.standard_normal((B, n)))
+    dp = dtrnn.rnn_params(p["R"], p["W"], p["b"])
+    assert dp["R"].shape == (1, n, n) and dp["b"].shape == (1, n) and not dtrnn.has_shortcut(dp)
+    for layout in ("numerator", "paper"):
+        J_gen = theory.step_jacobian(dp, x, y, layout=layout)
+        J_eq2 = theory.rnn_step_jacobian(**p, x=x, y_prev=y, layout=layout)
+        np.testing.assert_allclose(J_gen, J_eq2, rtol=EXACT, atol=EXACT)
+    # ... and the DT-RNN drawn by its own init, read back as (R[0], W, b[0]).
+    q = dtrnn.init_params(n_in, n, 1, init_scale=std, seed=seed, dtype="float64")
+    for layout in ("numerator", "paper"):
+        np.testing.assert_allclose(theory.step_jacobian(q, x, y, layout=layout),
+                                   theory.rnn_step_jacobian(q["R"][0], q["W"], q["b"][0], x, y, layout=layout),
+                                   rtol=EXACT, atol=EXACT)
+    A = theory.rnn_step_jacobian(q["R"][0], q["W"], q["b"][0], x, y, layout="paper")
+    np.testing.assert_allclose(A, np.swapaxes(theory.rnn_step_jacobian(q["R"][0], q["W"], q["b"][0], x, y), -1, -2),
+                               rtol=0, atol=0)
+
+
+@given(data=st.data())
+@settings(deadline=None)
+def test_generic_step_jacobian_equals_the_rhn_eq10_product(data):
+    """For RHN params (coupled or not, masks or not) the generic route (rhn.step_backward of
+    unit vectors) and the paper's route (J_L ⋯ J_1 of Eq. 10 from the cached gates) agree."""
+    params, x, s, m = draw_config(data)
+    for layout in ("numerator", "paper"):
+        J_gen = theory.step_jacobian(params, x, s, m, layout=layout)
+        J_eq10 = theory.rhn_step_jacobian(params, x, s, m, layout=layout)
+        np.testing.assert_allclose(J_gen, J_eq10, rtol=EXACT, atol=EXACT)
+    _, cache = rhn.step_forward(params, x, s, m)
+    np.testing.assert_allclose(theory.jacobian_from_cache(params, cache, 0), theory.step_jacobian(params, x, s, m),
+                               rtol=EXACT, atol=EXACT)
+
+
+@pytest.mark.parametrize("coupled", [True, False], ids=["coupled", "uncoupled"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomasks", "masks"])
+def test_generic_step_jacobian_equals_the_rhn_eq10_product_grid(coupled, masked):
+    params = rhn.init_params(3, 5, 3, coupled=coupled, init_scale=0.7, transform_bias=-0.5, seed=4, dtype="float64")
+    rng = np.random.default_rng(4)
+    x, s = rng.standard_normal((3, 3)), np.tanh(rng.standard_normal((3, 5)))
+    m = {"x": rng.uniform(0, 2, (3, 3)), "s": rng.uniform(0, 2, (3, 5))} if masked else None
+    J = theory.step_jacobian(params, x, s, m)
+    np.testing.assert_allclose(J, theory.rhn_step_jacobian(params, x, s, m), rtol=EXACT, atol=EXACT)
+    assert np.max(np.abs(J - np.eye(5))) > 1e-3  # not a trivial (identity) Jacobian
+
+
+@pytest.mark.parametrize("shortcut", [False, True], ids=["dt_rnn", "dts_rnn"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomasks", "masks"])
+def test_dtrnn_sequence_jacobians_across_time_and_discs(shortcut, masked):
+    Tn, B, n_in, n, depth = 5, 2, 3, 4, 2
+    params = dtrnn.init_params(n_in, n, depth, shortcut=shortcut, init_scale=0.9, seed=7, dtype="float64")
+    rng = np.random.default_rng(7)
+    xs, s0 = rng.standard_normal((Tn, B, n_in)), np.tanh(rng.standard_normal((B, n)))
+    m = {"x": rng.uniform(0, 2, (B, n_in)), "s": rng.uniform(0, 2, (B, n))} if masked else None
+    Js = theory.sequence_jacobians(params, xs, s0, m)
+    assert Js.shape == (Tn, B, n, n)
+    ys, _ = dtrnn.forward(params, xs, s0, m)
+    prev = s0
+    for t in range(Tn):  # entry t: the step from the state before step t
+        np.testing.assert_allclose(Js[t], theory.step_jacobian(params, xs[t], prev, m), rtol=EXACT, atol=EXACT)
+        prev = ys[t]
+    np.testing.assert_allclose(theory.sequence_jacobians(params, xs, s0, m, layout="paper"), np.swapaxes(Js, -1, -2),
+                               rtol=0, atol=0)
+    for anchor in ("end", "start"):
+        P = theory.jacobians_across_time(Js, anchor=anchor)
+        assert P.shape == (Tn, B, n, n)
+        assert theory.lag_norms(P).shape == (Tn, B)
+    # The longest product is ∂s_T/∂s_0 from both ends: central differences of dtrnn.forward.
+    P_end, P_start = theory.jacobians_across_time(Js, anchor="end"), theory.jacobians_across_time(Js, anchor="start")
+    np.testing.assert_allclose(P_end[-1], P_start[-1], rtol=1e-12, atol=1e-14)
+    full = fd_jacobian(lambda z: dtrnn.forward(params, xs, z, m)[0][-1], s0)
+    np.testing.assert_allclose(P_start[-1], full, rtol=1e-7, atol=1e-8)
+    # anchor="start", lag k: ∂s_k/∂s_0; anchor="end", lag 1: the last step's Jacobian.
+    k2 = fd_jacobian(lambda z: dtrnn.forward(params, xs, z, m)[0][1], s0)
+    np.testing.assert_allclose(P_start[1], k2, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(P_end[0], Js[-1], rtol=0, atol=0)
+    # Geršgorin: every eigenvalue of every step Jacobian (and product) lies in the union of its discs.
+    for M in (Js, P_end):
+        assert np.all(theory.eigenvalues_in_union(M, "both"))
+        lam = theory.spectrum(M)
+        for axis in ("rows", "columns"):
+            c, r = theory.gersgorin_discs(M, axis=axis)
+            assert c.shape == r.shape == (Tn, B, n) and np.all(r >= 0)
+            np.testing.assert_allclose(c, np.diagonal(M, axis1=-2, axis2=-1), rtol=0, atol=0)
+            assert np.all(theory.in_union(lam, c, r, tol=1e-10))
+
+
+def test_rnn_forward_is_the_dtrnn_of_depth_one():
+    """One source of truth: rnn_step_forward / rnn_forward run the DT-RNN; bitwise equal,
+    and equal to the recursion y_t = tanh(x_t W + y_{t-1} R + b) written out here."""
+    p = theory.rnn_init(3, 4, init_std=0.6, seed=5)
+    rng = np.random.default_rng(5)
+    xs, y0 = rng.standard_normal((6, 2, 3)), np.tanh(rng.standard_normal((2, 4)))
+    ys = theory.rnn_forward(p["R"], p["W"], p["b"], xs, y0)
+    ref, _ = dtrnn.forward(dtrnn.rnn_params(p["R"], p["W"], p["b"]), xs, y0)
+    np.testing.assert_array_equal(ys, ref)
+    np.testing.assert_array_equal(theory.rnn_step_forward(p["R"], p["W"], p["b"], xs[0], y0),
+                                  dtrnn.step_forward(dtrnn.rnn_params(p["R"], p["W"], p["b"]), xs[0], y0)[0])
+    y, by_hand = y0, []
+    for t in range(6):
+        y = np.tanh(xs[t] @ p["W"] + y @ p["R"] + p["b"])
+        by_hand.append(y)
+    np.testing.assert_allclose(ys, np.stack(by_hand), rtol=1e-14, atol=1e-15)
+    # The sequence Jacobians of both routes agree too.
+    np.testing.assert_allclose(theory.rnn_sequence_jacobians(p["R"], p["W"], p["b"], xs, y0),
+                               theory.sequence_jacobians(dtrnn.rnn_params(p["R"], p["W"], p["b"]), xs, y0),
+                               rtol=EXACT, atol=EXACT)
+
+
+@pytest.mark.parametrize("shortcut", [False, True], ids=["dt_rnn", "dts_rnn"])
+def test_dtrnn_step_jacobian_on_the_strict_backend(shortcut):
+    pytest.importorskip("array_api_strict")
+    be = backend.get("array_api_strict")
+    params = dtrnn.init_params(3, 4, 3, shortcut=shortcut, init_scale=0.8, seed=3, dtype="float64")
+    rng = np.random.default_rng(3)
+    x, s = rng.standard_normal((2, 3)), np.tanh(rng.standard_normal((2, 4)))
+    m = {"x": rng.uniform(0, 2, (2, 3)), "s": rng.uniform(0, 2, (2, 4))}
+    for masks in (None, m):
+        for layout in ("numerator", "paper"):
+            J_ref = theory.step_jacobian(params, x, s, masks, layout=layout)
+            J = theory.step_jacobian(on(be, params), on(be, x), on(be, s), on(be, masks), layout=layout)
+            assert backend.name_of(J) == "array_api_strict"
+            np.testing.assert_allclose(host(J), J_ref, rtol=EXACT, atol=EXACT)
+    xs = rng.standard_normal((3, 2, 3))
+    Js = theory.sequence_jacobians(on(be, params), on(be, xs), on(be, s), on(be, m))
+    assert backend.name_of(Js) == "array_api_strict"
+    np.testing.assert_allclose(host(Js), theory.sequence_jacobians(params, xs, s, m), rtol=EXACT, atol=EXACT)
+    assert np.all(theory.eigenvalues_in_union(Js, "both"))
