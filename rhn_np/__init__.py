@@ -1,17 +1,25 @@
 """rhn_np: Recurrent Highway Networks in NumPy, with hand-written BPTT and a CuPy backend.
 
-Modules
--------
+Modules, in the order they import each other (imports go one way)
+------------------------------------------------------------------
 backend    array libraries (NumPy, CuPy, array-api-strict) and host/device crossings
-rhn        the RHN layer: Eqs. 6-9 forward, backpropagation through time
-fast       the fused fast path of the layer (CuPy kernels, preallocated buffers)
-lm         language-model pieces: embedding, dropout masks, softmax, losses
-optim      gradient clipping, SGD with the authors' L2 term, Adam
+checks     every argument check
+fast       the fused fast path of the RHN layer (loop; gates: every non-reference copy of
+           the gate maths; cublas: cuBLAS through ctypes)
+rhn        the RHN layer: Eqs. 6-9 forward, backpropagation through time (the reference)
+dtrnn      the deep-transition RNN and DT(S)-RNN of Pascanu et al. (2013), the baselines
+cells      the cells by name ("rhn", "dt_rnn", "dts_rnn"), parameter counts and budgets
+graphs     CUDA-graph capture of the RHN fast path
+lm         language-model pieces: stacked layers of any cell, embedding, dropout masks, losses
+optim      gradient clipping, SGD with the authors' L2 term, Adam, learning-rate schedules
 gradcheck  numerical gradient checkers used by the tests and notebooks
 checkpoint atomic .npz checkpoints, read without pickle
 data       the data sets (PTB, PTB-char, text8, enwik8, JSB, pydoc): files, downloads, checksums
-train      batching, the authors' training recipe, evaluation, sampling, runs on disk
-theory     temporal Jacobians, Gersgorin discs, spectra (the paper's Eqs. 2-4, 10-15)
+config     the settings of a run (one declaration per hyper-parameter) and the presets
+tasks      batching, the model of a data set, evaluation, sampling; token and piano-roll tasks
+runs       a run on disk: work folder, metrics, checkpoints, load_run
+train      the training loop (the authors' recipe)
+theory     temporal Jacobians of any cell, Gersgorin discs, spectra (Eqs. 2-4, 10-15)
 plots      matplotlib helpers for the theory figures
 cli        the ``rhn-np`` command line
 """

@@ -62,6 +62,7 @@ class Cell:
         return total
 
 
+#: The registered cells by name: adding a cell is one line here.
 CELLS: dict[str, Cell] = {
     "rhn": Cell("rhn", rhn, lambda coupled, transform_bias: {"coupled": coupled, "transform_bias": transform_bias},
                 "Recurrent Highway Network (Zilly et al. 2017)"),

@@ -142,7 +142,10 @@ def cell_params(params, *, cell, shapes, anchor, variant_keys, build, other_cell
     variant_keys : the keys whose presence selects the cell's variant (all or none of them)
     build : the call that builds the dict, for messages (``"rhn.init_params(...)"``)
 
-    Returns ``xp, n_in, n, depth, dtype, variant`` (``variant``: whether ``variant_keys`` are there).
+    Returns
+    -------
+    tuple
+        ``xp, n_in, n, depth, dtype, variant`` (``variant``: whether ``variant_keys`` are there).
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of the {cell}'s parameters ({build}), got {type(params).__name__}")

@@ -1,10 +1,11 @@
 """The ``rhn-np`` command line.
 
-``rhn-np info``      the version and which array backends and devices are usable
-``rhn-np train``     train a model (no arguments: the ``demo`` preset on the embedded
-                     ``pydoc`` corpus, a few minutes on a laptop CPU)
-``rhn-np evaluate``  perplexity / bits per character of a trained run on a split
-``rhn-np sample``    generate text from a trained run
+* ``rhn-np info``: the version and which array backends and devices are usable;
+* ``rhn-np train``: train a model (no arguments: the ``demo`` preset on the embedded
+  ``pydoc`` corpus, a few minutes on a laptop CPU); its options are generated from the
+  declarations of :mod:`rhn_np.config`;
+* ``rhn-np evaluate``: perplexity / bits per character of a trained run on a split;
+* ``rhn-np sample``: generate text from a trained run.
 
 Expected errors (bad arguments, missing data, unreadable checkpoints, a diverging
 run) print one message and exit with status 1; Ctrl+C during training saves a
@@ -195,6 +196,7 @@ class _Help(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``rhn-np`` and its sub-commands."""
     parser = argparse.ArgumentParser(prog="rhn-np", description="Recurrent Highway Networks in NumPy/CuPy.")
     parser.add_argument("--version", action="version", version=f"rhn_np {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``rhn-np`` with ``argv`` (default: the command line); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -62,6 +62,7 @@ __all__ = [
     "step_backward",
     "forward",
     "backward",
+    "rnn_params",
 ]
 
 

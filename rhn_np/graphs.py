@@ -80,7 +80,7 @@ class CapturedLayer:
 
     On a GPU the fast path is bound by the Python cost of launching two operations per
     micro-step; a CUDA graph replays all of them with one launch. The two graphs compute
-    exactly :func:`forward` and :func:`backward` of this module (the same kernels), so
+    exactly :func:`rhn_np.fast.forward` and :func:`rhn_np.fast.backward` (the same kernels), so
     they are tested against them. Forward and backward are separate graphs so that work
     that needs the outputs (a softmax head) can run between them: this is what the
     trainer uses on CuPy for token data (``Config.cuda_graphs``).

@@ -2,16 +2,21 @@ r"""The paper's theory (Eqs. 2–4 and 10–15): temporal Jacobians and Geršgor
 
 The gradient that BPTT carries from step t to step t-1 is multiplied by the
 temporal Jacobian ``∂s_t/∂s_{t-1}``; its spectrum decides whether gradients
-vanish or explode. This module computes those Jacobians *exactly* for the RHN
-layer of :mod:`rhn_np.rhn` and for a plain tanh RNN, and the Geršgorin discs
-that locate their eigenvalues.
+vanish or explode. This module computes those Jacobians *exactly* for every cell of
+:mod:`rhn_np.cells` (the RHN, the DT-RNN and DT(S)-RNN; at depth 1 the DT-RNN is the
+plain tanh RNN of Eq. 2), and the Geršgorin discs that locate their eigenvalues.
 
 One source of truth
 -------------------
-No gate is recomputed here. Every gate value (h, t, c and the input state
-``s[ℓ-1]`` of each micro-layer) is read from the cache of the layer's own
-forward, :func:`rhn_np.rhn.step_forward` / :func:`rhn_np.rhn.forward`; this
-module only adds the derivatives ``tanh' = 1 - h²``, ``σ' = t(1 - t)``.
+:func:`step_jacobian` and :func:`sequence_jacobians` take any cell: row i of the
+Jacobian is the cell's own ``step_backward`` of the unit vector ``e_i`` (all rows in
+one batched call), so no formula of a cell is written twice. The RHN's own
+functions (Eqs. 10-13: :func:`rhn_step_jacobian`, :func:`micro_jacobians`,
+:func:`jacobian_terms`, ...) recompute no gate either: every gate value (h, t, c and
+the input state ``s[ℓ-1]`` of each micro-layer) is read from the cache of
+:func:`rhn_np.rhn.step_forward` / :func:`rhn_np.rhn.forward`; they only add the
+derivatives ``tanh' = 1 - h²``, ``σ' = t(1 - t)``. The tests check that both routes
+agree. The plain RNN's functions (``rnn_*``) run :mod:`rhn_np.dtrnn` at depth 1.
 
 Notation (paper Eqs. 10-13; one micro-layer, input state ``y = s[ℓ-1]``)::
 

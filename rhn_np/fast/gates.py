@@ -2,7 +2,7 @@ r"""Every non-reference copy of the RHN gate maths (Eqs. 6-9 and their derivativ
 
 The reference is :func:`rhn_np.rhn.micro_forward` / :func:`rhn_np.rhn.micro_backward`;
 each copy here computes the same formulas for the fast path (:mod:`rhn_np.fast`) and is
-tested against the reference (``tests/test_fast.py`` on every CPU,
+tested against the reference (``tests/test_rhn.py`` and ``tests/test_backends.py`` on every CPU,
 ``tests/test_cuda_emulated.py`` compiles the CUDA source for the host, ``tests/test_gpu.py``
 on a GPU):
 
@@ -153,6 +153,7 @@ class NumpyGates(StepPlans):
 # The gate maths of one micro-layer in CUDA, written once: device functions that both
 # CuPy variants below call (the ElementwiseKernels and the RawKernels). The formulas are
 # those of rhn.micro_forward / rhn.micro_backward, and are tested against them.
+#: The gate maths of one micro-layer as CUDA device functions (both CuPy variants call them).
 CUDA_GATES = r"""
 template <typename T> __device__ __forceinline__ T rhn_sigmoid(T x) {
     return (T)0.5 * ((T)1 + tanh((T)0.5 * x));          // sigma, no overflow
@@ -185,7 +186,8 @@ template <typename T> __device__ __forceinline__ void rhn_gates_bwd(
 }
 """
 
-CUDA_FORWARD = {  # ElementwiseKernel bodies: index, then the shared gate maths
+#: ElementwiseKernel bodies of the forward gate kernel (coupled: True, uncoupled: False).
+CUDA_FORWARD = {  # index, then the shared gate maths
     True: """
     const int b = i / n, j = i % n;
     const T* ab = &a[b * kn]; const T* bb = &bias[b * bias_stride];
@@ -202,6 +204,7 @@ CUDA_FORWARD = {  # ElementwiseKernel bodies: index, then the shared gate maths
     """,
 }
 
+#: ElementwiseKernel bodies of the backward gate kernel (coupled: True, uncoupled: False).
 CUDA_BACKWARD = {
     True: """
     const int b = i / n, j = i % n;
@@ -272,6 +275,7 @@ class CupyElementwiseGates(StepPlans):
 # A lower-overhead CuPy variant: the same gate maths as hand-launched RawKernels and
 # cuBLAS GEMMs called directly (cupy.matmul costs tens of microseconds of Python per
 # call; at the paper's batch sizes the step is bound by launches, not arithmetic).
+#: The RawKernels of :class:`CupyRawGates` (compiled after :data:`CUDA_GATES` and a typedef of T).
 RAW_SOURCE = r"""
 extern "C" __global__ void fwd_coupled(const T* a, const T* bias, int bias_stride, const T* s_in,
         const T* mask, T* h, T* t, T* s_out, T* s_out2, T* s_tr, int size, int n, int kn) {
