@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 

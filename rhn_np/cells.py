@@ -23,6 +23,7 @@ Adding a cell: write its module with the interface above and add one line to
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from . import checks, dtrnn, rhn
@@ -32,43 +33,38 @@ __all__ = ["Cell", "CELLS", "NAMES", "get", "of", "name_of", "count_params", "ma
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """A registered cell: its name, its module, and how the shared settings map onto its
-    ``init_params`` and ``param_shapes`` (``options(coupled=...)`` -> the module's keywords)."""
+    """A registered cell: its name, its module, the module's keyword for the variant
+    (``variant(coupled) -> {"coupled": ...}`` or ``{"shortcut": ...}``) and whether its
+    ``init_params`` takes a ``transform_bias``."""
 
     name: str
     module: Any
-    options: Callable[..., dict]
+    variant: Callable[[bool], dict]
+    transform_bias: bool
     summary: str
 
     def init_params(self, n_in, n, depth, *, coupled=True, transform_bias=-2.0, init_scale=0.04, seed=0,
                     dtype="float32", backend="numpy"):
         """The module's ``init_params`` with the settings that apply to this cell."""
+        bias = {"transform_bias": transform_bias} if self.transform_bias else {}
         return self.module.init_params(n_in, n, depth, init_scale=init_scale, seed=seed, dtype=dtype, backend=backend,
-                                       **self.options(coupled=coupled, transform_bias=transform_bias))
+                                       **self.variant(coupled), **bias)
 
     def param_shapes(self, n_in, n, depth, *, coupled=True) -> dict:
-        opts = self.options(coupled=coupled, transform_bias=0.0)
-        opts.pop("transform_bias", None)
-        return self.module.param_shapes(n_in, n, depth, *opts.values())
+        return self.module.param_shapes(n_in, n, depth, **self.variant(coupled))
 
     def count(self, n_in, n, depth, *, coupled=True) -> int:
         """Number of parameters of one layer of this cell."""
-        total = 0
-        for shape in self.param_shapes(n_in, n, depth, coupled=coupled).values():
-            size = 1
-            for d in shape:
-                size *= d
-            total += size
-        return total
+        return sum(math.prod(s) for s in self.param_shapes(n_in, n, depth, coupled=coupled).values())
 
 
 #: The registered cells by name: adding a cell is one line here.
 CELLS: dict[str, Cell] = {
-    "rhn": Cell("rhn", rhn, lambda coupled, transform_bias: {"coupled": coupled, "transform_bias": transform_bias},
+    "rhn": Cell("rhn", rhn, lambda coupled: {"coupled": coupled}, True,
                 "Recurrent Highway Network (Zilly et al. 2017)"),
-    "dt_rnn": Cell("dt_rnn", dtrnn, lambda coupled, transform_bias: {"shortcut": False},
+    "dt_rnn": Cell("dt_rnn", dtrnn, lambda coupled: {"shortcut": False}, False,
                    "deep-transition RNN (Pascanu et al. 2013)"),
-    "dts_rnn": Cell("dts_rnn", dtrnn, lambda coupled, transform_bias: {"shortcut": True},
+    "dts_rnn": Cell("dts_rnn", dtrnn, lambda coupled: {"shortcut": True}, False,
                     "deep-transition RNN with shortcut, DT(S)-RNN (Pascanu et al. 2013)"),
 }
 NAMES = tuple(CELLS)

@@ -294,7 +294,7 @@ def _model_masks(masks, K):
     return out
 
 
-def _check_masks(params, stack, T, B, masks, word):
+def _check_masks(stack, T, B, masks, word):
     dtype, n_in, n = stack[0][2][3], stack[0][2][0], stack[0][2][1]
     shapes = {"i": ((B, n_in),), "h": ((B, n),), "o": ((B, n),)}
     if word:
@@ -313,7 +313,11 @@ def layers_forward(params, X, s0, masks=None, *, impl="auto", layer=None):
     entries run the cell's own forward). Returns the last layer's outputs ys (T, B, n),
     the last state of every layer (the form of ``s0``) and the caches.
     """
-    stack = _stack(params)
+    return _run_layers(_stack(params), X, s0, masks, impl, layer)
+
+
+def _run_layers(stack, X, s0, masks, impl, layer):
+    """:func:`layers_forward` on the model's layers as :func:`_stack` gave them (checked once)."""
     K = len(stack)
     captured = layer if isinstance(layer, (list, tuple)) else [layer] + [None] * (K - 1)
     states, caches, inputs = [], [], X
@@ -691,11 +695,11 @@ def lm_forward(params, ids, s0, masks=None, *, impl="auto", layer=None):
     """
     stack = _checked_model(params, s0, ids, "ids", word=True)
     if hasattr(ids, "shape") and len(ids.shape) == 2:
-        _check_masks(params, stack, *ids.shape, masks, word=True)
+        _check_masks(stack, *ids.shape, masks, word=True)
     masks = masks or {}
     m_x, m_o = masks.get("x"), masks.get("o")
     X = embedding_forward(params["E"], ids, m_x)  # (T, B, n_emb)
-    ys, s_last, layer_caches = layers_forward(params, X, s0, masks, impl=impl, layer=layer)  # (T, B, n)
+    ys, s_last, layer_caches = _run_layers(stack, X, s0, masks, impl, layer)  # (T, B, n)
     logits, y_o = output_forward(ys, _softmax_weights(params), params["b_out"], m_o)  # (T, B, V)
     cache = {"layers": layer_caches, "ids": ids, "m_x": m_x, "m_o": m_o, "y_o": y_o}
     return logits, s_last, cache
@@ -813,8 +817,8 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
     """
     stack = _checked_model(params, s0, xs, "xs", word=False)
     if hasattr(xs, "shape") and len(xs.shape) == 3:
-        _check_masks(params, stack, xs.shape[0], xs.shape[1], masks, word=False)
-    ys, s_last, layer_caches = layers_forward(params, xs, s0, masks, impl=impl)  # (T, B, n)
+        _check_masks(stack, xs.shape[0], xs.shape[1], masks, word=False)
+    ys, s_last, layer_caches = _run_layers(stack, xs, s0, masks, impl, None)  # (T, B, n)
     m_o = (masks or {}).get("o")
     logits, y_o = output_forward(ys, params["W_out"], params["b_out"], m_o)  # (T, B, n_out)
     return logits, s_last, {"layers": layer_caches, "m_o": m_o, "y_o": y_o}

@@ -122,6 +122,42 @@ def draw_layer(data, *, masks=None, ds_last=None, T_max=5, B_max=3, n_in_max=5, 
     return params, xs, s0, dys, (ds_last_arr if use_ds_last else None), m
 
 
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory):
+    """One download cache for a test module (``RHN_NP_DATA_HOME``; the pydoc corpus is built
+    into it once), the variable restored afterwards."""
+    home = tmp_path_factory.mktemp("data-home")
+    old = os.environ.get("RHN_NP_DATA_HOME")
+    os.environ["RHN_NP_DATA_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["RHN_NP_DATA_HOME"]
+    else:
+        os.environ["RHN_NP_DATA_HOME"] = old
+
+
+def check_dense_gradients(params, xs, targets, s0, masks, step_mask, ds_last, tol):
+    """Every gradient of ``lm.dense_loss_and_grads`` (parameters, ``dxs``, ``ds0``) against
+    central differences of ``loss + Σ s_last ⊙ ds_last`` (float64 host arrays); returns
+    ``(loss, grads, s_last, stats)`` of the analytic call."""
+    from rhn_np import gradcheck, lm
+
+    loss, grads, s_last, stats = lm.dense_loss_and_grads(params, xs, targets, s0, masks, step_mask=step_mask,
+                                                         ds_last=ds_last)
+    assert set(grads) == set(params)
+
+    def f(_):
+        l, _, s, _ = lm.dense_loss_and_grads(params, xs, targets, s0, masks, step_mask=step_mask)
+        return float(l) + float(np.sum(s * ds_last))
+
+    for k in params:
+        err = gradcheck.rel_error(grads[k], gradcheck.numerical_gradient(f, params[k]))
+        assert err < tol, (k, err)
+    assert gradcheck.rel_error(stats["dxs"], gradcheck.numerical_gradient(f, xs)) < tol
+    assert gradcheck.rel_error(stats["ds0"], gradcheck.numerical_gradient(f, s0)) < tol
+    return loss, grads, s_last, stats
+
+
 def on(be, tree, dtype="float64"):
     """Move a host array, or a dict of them (None kept), to backend ``be``."""
     if tree is None:

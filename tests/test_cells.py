@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
+from conftest import check_dense_gradients
 from rhn_np import cells, cli, data, dtrnn, gradcheck, lm, rhn, tasks
 from rhn_np import train as T
-from test_train import TinyRolls, TinyText, _rolls, markov_text, params_host, run, tiny_cfg, valid_records
+from test_train import (TinyRolls, TinyText, _rolls, _train_split, markov_text, params_host, run, tiny_cfg,
+                        valid_records)
 
 CELLS = list(cells.NAMES)
 GRAD_TOL = 1e-6  # central differences, float64, h = 1e-5
@@ -357,19 +358,8 @@ def test_two_layer_dense_model_gradients_match_central_differences(cell):
     ds_last = rng.standard_normal((2, B, N))
     step_mask = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
     m = lm.draw_dense_masks(1, B, n_in=K, n=N, **KEEP, layers=2, dtype="float64")
-    loss, grads, s_last, stats = lm.dense_loss_and_grads(params, xs, targets, s0, m, step_mask=step_mask,
-                                                         ds_last=ds_last)
-    assert set(grads) == set(params) and s_last.shape == (2, B, N)
-
-    def f(_):
-        l, _, s, _ = lm.dense_loss_and_grads(params, xs, targets, s0, m, step_mask=step_mask)
-        return float(l) + float(np.sum(s * ds_last))
-
-    for k in params:
-        err = gradcheck.rel_error(grads[k], gradcheck.numerical_gradient(f, params[k]))
-        assert err < GRAD_TOL, (k, err)
-    assert gradcheck.rel_error(stats["dxs"], gradcheck.numerical_gradient(f, xs)) < GRAD_TOL
-    assert gradcheck.rel_error(stats["ds0"], gradcheck.numerical_gradient(f, s0)) < GRAD_TOL
+    loss, grads, s_last, stats = check_dense_gradients(params, xs, targets, s0, m, step_mask, ds_last, GRAD_TOL)
+    assert s_last.shape == (2, B, N)
     ys, last = _forward_by_hand(params, xs, s0, m, cell)
     logits, s_last2, _ = lm.dense_forward(params, xs, s0, m)
     np.testing.assert_allclose(logits, (ys * m["o"]) @ params["W_out"] + params["b_out"], rtol=SAME, atol=SAME)
@@ -417,19 +407,8 @@ def test_stacked_layers_must_fit_each_other():
 # ----------------------------------------------------------------------------
 # Training, resuming, evaluating and sampling with each cell and two layers
 # ----------------------------------------------------------------------------
-def _train_split(cfg, ds, root, first, total):
-    """(uninterrupted run, run stopped at `first` and resumed to `total`)."""
-    a = run(dataclasses.replace(cfg, max_steps=total), ds, root / "straight")
-    a.run()
-    b = run(dataclasses.replace(cfg, max_steps=first), ds, root / "split")
-    b.run()
-    b2 = T.Trainer.resume(root / "split", overrides={"max_steps": total}, ds=ds, progress=False, out=lambda *x: None)
-    assert b2.step == first and b2.cfg.cell == cfg.cell and b2.cfg.layers == cfg.layers
-    b2.run()
-    return a, b2
-
-
 def _assert_same_run(a, b, root):
+    assert (b.cfg.cell, b.cfg.layers) == (a.cfg.cell, a.cfg.layers)  # the resumed run kept its cell and layers
     pa, pb = params_host(a), params_host(b)
     assert set(pa) == set(pb)
     for k in pa:
@@ -528,19 +507,6 @@ def test_the_baselines_learn_a_markov_chain(tiny, tmp_path, cell):
 # ----------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def data_home(tmp_path_factory):
-    """One download cache for this module's CLI tests (the pydoc corpus is built into it once)."""
-    home = tmp_path_factory.mktemp("data-home")
-    old = os.environ.get("RHN_NP_DATA_HOME")
-    os.environ["RHN_NP_DATA_HOME"] = str(home)
-    yield home
-    if old is None:
-        del os.environ["RHN_NP_DATA_HOME"]
-    else:
-        os.environ["RHN_NP_DATA_HOME"] = old
-
-
 @pytest.fixture(scope="module")
 def pydoc(data_home):
     return data.load("pydoc")

@@ -23,16 +23,9 @@ needs_shared_data = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def data_home(tmp_path_factory):
-    """One download cache for this module (the pydoc corpus is built into it once)."""
-    home = tmp_path_factory.mktemp("data-home")
-    old = os.environ.get("RHN_NP_DATA_HOME")
-    os.environ["RHN_NP_DATA_HOME"] = str(home)
-    yield home
-    if old is None:
-        del os.environ["RHN_NP_DATA_HOME"]
-    else:
-        os.environ["RHN_NP_DATA_HOME"] = old
+def _one_data_home(data_home):
+    """Every test here uses one download cache (conftest's ``data_home``)."""
+    return data_home
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, LAYER_BACKENDS, host, on
+from conftest import BACKENDS, LAYER_BACKENDS, check_dense_gradients, host, on
 from rhn_np import backend, gradcheck, lm, rhn
 
 GRAD_TOL = 1e-6  # central differences, float64, h = 1e-5
@@ -420,19 +420,7 @@ def dense_case(seed=0, masks=True):
 
 def test_dense_model_gradients_match_central_differences():
     params, xs, targets, s0, m, ds_last, step_mask = dense_case()
-    loss, grads, s_last, stats = lm.dense_loss_and_grads(params, xs, targets, s0, m, step_mask=step_mask,
-                                                         ds_last=ds_last)
-    assert set(grads) == set(params)
-
-    def f(_):
-        l, _, s, _ = lm.dense_loss_and_grads(params, xs, targets, s0, m, step_mask=step_mask)
-        return float(l) + float(np.sum(s * ds_last))
-
-    for k in params:
-        err = gradcheck.rel_error(grads[k], gradcheck.numerical_gradient(f, params[k]))
-        assert err < GRAD_TOL, (k, err)
-    assert gradcheck.rel_error(stats["dxs"], gradcheck.numerical_gradient(f, xs)) < GRAD_TOL
-    assert gradcheck.rel_error(stats["ds0"], gradcheck.numerical_gradient(f, s0)) < GRAD_TOL
+    loss, grads, s_last, stats = check_dense_gradients(params, xs, targets, s0, m, step_mask, ds_last, GRAD_TOL)
     assert float(stats["nll_per_step"]) == pytest.approx(float(loss) * B / 5.0, rel=1e-14)
     # composition: RHN straight on the inputs, output mask, linear read-out
     layer = {k: v for k, v in params.items() if k not in ("W_out", "b_out")}
