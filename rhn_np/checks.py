@@ -276,14 +276,12 @@ def window_grads(xp, params, cache, dys, ds_last, T, B, n, dtype):
     return _backend.namespace(*params.values(), dys, ds_last, cache["xs"])
 
 
-def impl(impl, xs, *, fast=True):
-    """``impl`` of a ``forward``: "auto" -> "fast" on CuPy (when the cell has one), else "reference"."""
+def impl(impl, xs):
+    """``impl`` of a ``forward``, checked: "auto", "reference" or "fast" (for NumPy or CuPy
+    arrays). Which one "auto" means, and whether a cell has a fast path, is
+    :func:`rhn_np.fast.resolve`'s answer."""
     if impl not in ("auto", "reference", "fast"):
         raise ValueError(f"impl must be 'auto', 'reference' or 'fast', got {impl!r}")
-    if impl == "auto":
-        return "fast" if fast and _backend.name_of(xs) == "cupy" else "reference"
-    if impl == "fast" and not fast:
-        raise ValueError("this cell has no fast path: use impl='reference' (or 'auto')")
     if impl == "fast" and _backend.name_of(xs) not in ("numpy", "cupy"):
         raise ValueError("impl='fast' needs NumPy or CuPy arrays")
     return impl

@@ -39,17 +39,18 @@ Backward (``g_ℓ = ∂L/∂z_ℓ``, ``da_ℓ = ∂L/∂a_ℓ``), from (DT-1), (
     ∂L/∂W     = Σ_t (x_t ⊙ m_x)ᵀ da_1                      ∂L/∂x_t = (da_1 @ Wᵀ) ⊙ m_x
     ∂L/∂U     = Σ_t (s_{t-1} ⊙ m_s)ᵀ da_L
 
-This module is a *cell* (:mod:`rhn_np.cells`) with the interface of :mod:`rhn_np.rhn`;
-it has no fast path (``impl`` is always the reference; on CuPy it runs as is).
+This module is a *cell* (:mod:`rhn_np.cells`) with the interface of :mod:`rhn_np.rhn`.
+Its fast path is the compiled CPU loop (:func:`rhn_np.fast.dt_forward`, numba, NumPy
+arrays); it has no CUDA kernels (on CuPy this reference code runs as is).
 """
 
 from __future__ import annotations
 
 from . import backend as _backend
-from . import checks
+from . import checks, fast
 
 NAME = "dtrnn"
-FAST_PATH = False
+FAST_PATH = False  # no CUDA kernels; the compiled CPU loop is rhn_np.fast.dt_forward
 
 __all__ = [
     "init_params",
@@ -173,7 +174,7 @@ def _step_backward(ds, z_prev, zs, R_t, U_t, m_s):
 def step_forward(params, x, s_prev, masks=None):
     """One time step: ``forward`` on a window of one step. x (B, n_in), s_prev (B, n) -> (s (B, n), cache)."""
     checks.step_inputs("dtrnn", x, s_prev)
-    ys, cache = forward(params, x[None, ...], s_prev, masks)
+    ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 
 
@@ -193,7 +194,9 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     xs : (T, B, n_in) inputs
     s0 : (B, n) initial state
     masks : optional ``{"x": (B, n_in), "s": (B, n)}``
-    impl : "auto" or "reference" (the cell has one implementation)
+    impl : {"auto", "reference", "fast"}
+        "fast": the compiled loop of :mod:`rhn_np.fast` (NumPy arrays, numba installed).
+        "auto": that where it runs, else this module's reference code.
 
     Returns
     -------
@@ -204,8 +207,11 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     """
     xp, n_in, n, depth, dtype, shortcut = _checked(params)
     xp, T, B, m_x, m_s = checks.window_inputs(xp, n_in, n, dtype, params, xs, s0, masks)
-    checks.impl(impl, xs, fast=False)
     W, R, b, U = params["W"], params["R"], params["b"], params.get("U")
+    base = {"cell": "dtrnn", "dims": (T, B, n_in, n, depth, shortcut, dtype), "xs": xs, "m_x": m_x, "m_s": m_s}
+    if fast.resolve(checks.impl(impl, xs), xs, cuda=False, numpy_gates=False) == "fast":
+        ys, Z, S_prev = fast.dt_forward(W, R, b, U, xs, s0, m_x, m_s)
+        return ys, {**base, "impl": "fast", "z": Z, "s_prev": S_prev}
     dev = _backend.device_of(xs)
     x_in = xs if m_x is None else xs * m_x
     a_x = xp.reshape(xp.reshape(x_in, (T * B, n_in)) @ W, (T, B, n)) + b[0, ...]  # input part of (DT-1), all T steps
@@ -220,9 +226,7 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
         for l, z in enumerate(zs):
             Z[l, step, ...] = z
         ys[step, ...] = s
-    cache = {"cell": "dtrnn", "impl": "reference", "dims": (T, B, n_in, n, depth, shortcut, dtype), "xs": xs,
-             "m_x": m_x, "m_s": m_s, "z": Z, "s_prev": S_prev}
-    return ys, cache
+    return ys, {**base, "impl": "reference", "z": Z, "s_prev": S_prev}
 
 
 def backward(params, cache, dys, ds_last=None):
@@ -236,18 +240,11 @@ def backward(params, cache, dys, ds_last=None):
     T, B = checks.cache_matches(cache, (n_in, n, depth, shortcut, dtype), "dtrnn")
     xp = checks.window_grads(xp, params, cache, dys, ds_last, T, B, n, dtype)
     W, R, U = params["W"], params["R"], params.get("U")
-    R_t = xp.reshape(xp.matrix_transpose(R), (depth, n, n), copy=True)  # Rᵀ stored: faster products
-    U_t = None if U is None else xp.asarray(U.T, copy=True)
     Z, S_prev, m_x, m_s, xs = cache["z"], cache["s_prev"], cache["m_x"], cache["m_s"], cache["xs"]
-    dev = _backend.device_of(dys)
-
-    dA = xp.empty((depth, T, B, n), dtype=dtype, device=dev)  # ∂L/∂a of every micro-layer and step
-    ds = xp.zeros((B, n), dtype=dtype, device=dev) if ds_last is None else ds_last
-    for step in reversed(range(T)):
-        ds = ds + dys[step, ...]
-        ds, das = _step_backward(ds, S_prev[step, ...], [Z[l, step, ...] for l in range(depth)], R_t, U_t, m_s)
-        for l in range(depth):
-            dA[l, step, ...] = das[l]
+    if cache["impl"] == "fast":
+        dA, ds = fast.dt_backward(R, U, Z, dys, m_s, ds_last)
+    else:
+        dA, ds = _backward_steps(xp, R, U, Z, S_prev, dys, m_s, ds_last)
 
     # Weight gradients: one product per micro-layer over all T·B rows.
     # The input of micro-layer ℓ is z_{ℓ-1}: s_{t-1} for ℓ = 1, else Z[ℓ-2].
@@ -266,6 +263,22 @@ def backward(params, cache, dys, ds_last=None):
     if m_x is not None:
         dxs = dxs * m_x
     return grads, dxs, ds
+
+
+def _backward_steps(xp, R, U, Z, S_prev, dys, m_s, ds_last):
+    """The time loop of :func:`backward`: ∂L/∂a of every micro-layer and step, and ∂L/∂s0."""
+    depth, T, B, n = Z.shape
+    R_t = xp.reshape(xp.matrix_transpose(R), (depth, n, n), copy=True)  # Rᵀ stored: faster products
+    U_t = None if U is None else xp.asarray(U.T, copy=True)
+    dev = _backend.device_of(dys)
+    dA = xp.empty((depth, T, B, n), dtype=Z.dtype, device=dev)
+    ds = xp.zeros((B, n), dtype=Z.dtype, device=dev) if ds_last is None else ds_last
+    for step in reversed(range(T)):
+        ds = ds + dys[step, ...]
+        ds, das = _step_backward(ds, S_prev[step, ...], [Z[l, step, ...] for l in range(depth)], R_t, U_t, m_s)
+        for l in range(depth):
+            dA[l, step, ...] = das[l]
+    return dA, ds
 
 
 # ----------------------------------------------------------------------------

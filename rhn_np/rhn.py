@@ -51,7 +51,7 @@ from . import backend as _backend
 from . import checks, fast
 
 NAME = "rhn"
-FAST_PATH = True  # forward(..., impl="fast") exists (rhn_np.fast), and CUDA graphs of it (rhn_np.graphs)
+FAST_PATH = True  # CUDA kernels in rhn_np.fast (and CUDA graphs of them, rhn_np.graphs); on NumPy, rhn_np.fast too
 
 __all__ = [
     "init_params",
@@ -338,8 +338,10 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
         masks, already scaled by 1/keep (see the module docstring)
     impl : {"auto", "reference", "fast"}
         "reference" is this module's readable Array API code. "fast" is
-        :mod:`rhn_np.fast` (preallocated buffers, fused CuPy kernels on the GPU).
-        "auto" picks "fast" on CuPy and "reference" elsewhere.
+        :mod:`rhn_np.fast` (preallocated buffers; fused CuPy kernels on the GPU; on NumPy
+        the compiled loops of :mod:`rhn_np.fast.compiled` when numba is installed, else
+        in-place ufunc kernels). "auto" picks "fast" on CuPy and on NumPy with numba, and
+        "reference" elsewhere (:func:`rhn_np.fast.resolve`).
 
     Returns
     -------
@@ -361,7 +363,7 @@ def forward(params, xs, s0, masks=None, *, impl="auto"):
     coupled = not uncoupled
     W, R, b = fuse_params(params)
     cache = {"cell": "rhn", "dims": (T, B, n_in, n, depth, uncoupled, dtype), "xs": xs, "m_x": m_x, "m_s": m_s}
-    if checks.impl(impl, xs) == "fast":
+    if fast.resolve(checks.impl(impl, xs), xs) == "fast":
         ys, gates = fast.forward(W, R, b, xs, s0, m_x, m_s, coupled)
         return ys, {**cache, "impl": "fast", **gates}
     kn = R.shape[2]

@@ -7,6 +7,10 @@ tested against the reference (``tests/test_rhn.py`` and ``tests/test_backends.py
 on a GPU):
 
 * :class:`NumpyGates` — in-place NumPy ufunc calls into preallocated buffers;
+* :func:`cpu_gates_fwd`, :func:`cpu_gates_bwd` (and ``_c`` uncoupled, :func:`cpu_dt_fwd`,
+  :func:`cpu_dt_bwd` for the DT-RNN) — scalar functions that :mod:`rhn_np.fast.compiled`
+  compiles with numba into its loops (the compiled CPU path, the CPU sibling of the CUDA
+  kernels below);
 * :data:`CUDA_GATES` — the same formulas as CUDA device functions, written once and
   called by both CuPy variants:
   :class:`CupyElementwiseGates` (``cupy.ElementwiseKernel`` bodies :data:`CUDA_FORWARD`,
@@ -29,7 +33,8 @@ import numpy as np
 from .. import backend as _backend
 from .cublas import Cublas
 
-__all__ = ["StepPlans", "NumpyGates", "CUDA_GATES", "CUDA_FORWARD", "CUDA_BACKWARD", "RAW_SOURCE",
+__all__ = ["StepPlans", "NumpyGates", "fast_tanh", "cpu_sigmoid", "cpu_gates_fwd", "cpu_gates_fwd_c",
+           "cpu_gates_bwd", "cpu_gates_bwd_c", "cpu_dt_fwd", "cpu_dt_bwd", "CUDA_GATES", "CUDA_FORWARD", "CUDA_BACKWARD", "RAW_SOURCE",
            "CupyElementwiseGates", "CupyRawGates"]
 
 
@@ -55,6 +60,22 @@ class StepPlans:
                 S[0, t + 1, ...] = s_out  # the next step starts from this state
 
         return step
+
+    def forward_loop(self, a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a):
+        """Every micro-step of the window, in order (Python loop over :meth:`forward_steps`)."""
+        step = self.forward_steps(a_x, R, b, S, Hs, Ts, Cs, ys, mask, s_tr, a)
+        for t in range(S.shape[1]):
+            for l in range(S.shape[0]):
+                step(t, l)
+
+    def backward_loop(self, R, S, Hs, Ts, Cs, dys, mask, dA, carry, g):
+        """Every micro-step backwards (Python loop over :meth:`backward_steps`); returns ∂L/∂s0."""
+        step, ds0 = self.backward_steps(R, S, Hs, Ts, Cs, dys, mask, dA, carry, g)
+        del R  # the step function holds what it needs (NumPy: a copy laid out as Rᵀ; CuPy: R itself)
+        for t in reversed(range(S.shape[1])):
+            for l in reversed(range(S.shape[0])):
+                step(t, l)
+        return ds0()
 
     def backward_steps(self, R, S, Hs, Ts, Cs, dys, mask, dA, carry, g):
         depth = S.shape[0]
@@ -148,6 +169,60 @@ class NumpyGates(StepPlans):
             da_C *= s_in
             da_C *= ds
             np.multiply(ds, c, out=carry_out)
+
+
+# The gate maths of one micro-layer for the CPU, as scalar functions: the compiled path
+# (rhn_np.fast.compiled) compiles them with numba, inlined in its loops over units. They
+# are plain Python here (this file never imports numba). ``fast_tanh`` is tanh: numba
+# gets its own implementation of it from rhn_np.fast.compiled (float32: a vectorisable
+# rational form, float64: the C library's). HALF and ONE are float32 so that float32
+# maths stays float32 under numba; both are exact in float64 too.
+HALF, ONE = np.float32(0.5), np.float32(1.0)
+
+
+def fast_tanh(x):
+    """tanh(x); compiled code uses the implementation of :mod:`rhn_np.fast.compiled`."""
+    return np.tanh(x)
+
+
+def cpu_sigmoid(x):
+    """σ(x) = (1 + tanh(x/2)) / 2, as :func:`rhn_np.rhn.sigmoid`."""
+    return HALF * (ONE + fast_tanh(HALF * x))
+
+
+def cpu_gates_fwd(aH, aT, s_in):
+    """Coupled (c = 1 - t): returns h, t, s."""
+    h = fast_tanh(aH)  # Eq. 7
+    t = cpu_sigmoid(aT)  # Eq. 8
+    return h, t, h * t + s_in * (ONE - t)  # Eq. 6 with Eq. 9 coupled
+
+
+def cpu_gates_fwd_c(aH, aT, aC, s_in):
+    """Uncoupled: returns h, t, c, s."""
+    h = fast_tanh(aH)  # Eq. 7
+    t = cpu_sigmoid(aT)  # Eq. 8
+    c = cpu_sigmoid(aC)  # Eq. 9
+    return h, t, c, h * t + s_in * c  # Eq. 6
+
+
+def cpu_gates_bwd(ds, s_in, h, t):
+    """Coupled: returns ∂L/∂a_H, ∂L/∂a_T and the carry part of ∂L/∂s_in."""
+    return ds * t * (ONE - h * h), ds * (h - s_in) * t * (ONE - t), ds * (ONE - t)
+
+
+def cpu_gates_bwd_c(ds, s_in, h, t, c):
+    """Uncoupled: returns ∂L/∂a_H, ∂L/∂a_T, ∂L/∂a_C and the carry part of ∂L/∂s_in."""
+    return ds * t * (ONE - h * h), ds * h * t * (ONE - t), ds * s_in * c * (ONE - c), ds * c
+
+
+def cpu_dt_fwd(a):
+    """DT-RNN micro-layer (DT-2): z = tanh(a)."""
+    return fast_tanh(a)
+
+
+def cpu_dt_bwd(dz, z):
+    """DT-RNN: ∂L/∂a = ∂L/∂z ⊙ (1 - z²) from the stored z."""
+    return dz * (ONE - z * z)
 
 
 # The gate maths of one micro-layer in CUDA, written once: device functions that both
