@@ -53,6 +53,18 @@ def _info(args) -> int:
         print(f"gpu: {facts['gpu']} ({facts['gpu_count']} visible)")
     else:
         print(f"cupy: not usable ({facts.get('cupy_unavailable')})")
+    from . import fast
+
+    module, reason = fast.compiled_status()
+    if module is None:
+        print(f"compiled CPU path: {reason}")
+        return 0
+    print(f"compiled CPU path: {reason}; code cache {module.CACHE_DIR}")
+    if args.compile:
+        rep = module.warm_up()
+        hits = sum(rep["cache_hits"].values())
+        print(f"first calls ({'loaded from the cache' if hits else 'compiled'}): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in rep["first_call_s"].items()))
     return 0
 
 
@@ -152,7 +164,8 @@ def _train(args) -> int:
     print(f"metrics: {os.path.join(work_dir, 'metrics.jsonl')}, curve: {os.path.join(work_dir, 'learning_curve.png')}")
     if ds.kind == "tokens" and args.sample_length > 0:
         params, _, _ = T.load_run(work_dir, "best", backend=trainer.be)
-        text = T.sample(params, ds, length=args.sample_length, temperature=0.8, prime=None, seed=cfg.seed)
+        text = T.sample(params, ds, length=args.sample_length, temperature=0.8, prime=None, seed=cfg.seed,
+                        impl=cfg.impl)
         print(f"\nsample (best checkpoint, temperature 0.8):\n{text.strip()}\n")
     hint = f"next: rhn-np evaluate --work-dir {work_dir} --split test"
     print(hint + (f"   |   rhn-np sample --work-dir {work_dir}" if ds.kind == "tokens" else ""))
@@ -167,7 +180,8 @@ def _evaluate(args) -> int:
     batch = 1 if args.batch_1 else (cfg.eval_batch_size if args.batch_size is None else args.batch_size)
     total = len(getattr(ds, args.split)) if ds.kind == "tokens" else None
     with tqdm(total=total, unit="tok", disable=True if (args.quiet or total is None) else None, desc=f"{args.split}") as bar:
-        res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update)
+        res = T.evaluate_dataset(params, ds, args.split, batch_size=batch, bptt=cfg.bptt, progress=bar.update,
+                                 impl=cfg.impl)
     rec = {"split": args.split, **res, "step": meta["step"], "epoch": meta["epoch"], "lr": None,
            "tokens_per_s": None, "level": ds.level, "dataset": ds.name, "batch_size": batch,
            "checkpoint": args.checkpoint, "time": time.time()}
@@ -180,7 +194,8 @@ def _evaluate(args) -> int:
 def _sample(args) -> int:
     params, cfg, meta = T.load_run(args.work_dir, args.checkpoint, backend=args.backend)
     ds = T.dataset_for_sampling(meta)
-    text = T.sample(params, ds, length=args.length, temperature=args.temperature, prime=args.prime, seed=args.seed)
+    text = T.sample(params, ds, length=args.length, temperature=args.temperature, prime=args.prime, seed=args.seed,
+                    impl=cfg.impl)
     print(text)
     return 0
 
@@ -201,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rhn_np {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_info = sub.add_parser("info", help="print the version and the usable backends and devices")
+    p_info.add_argument("--compile", action="store_true", help="compile the compiled CPU path's loops now (or load "
+                        "them from its cache) and print how long each took")
     p_info.set_defaults(func=_info)
 
     p = sub.add_parser(

@@ -88,6 +88,8 @@ class Config:
     whichever ends the run first; ``eval_every`` ``None``: once per epoch.
     ``cuda_graphs`` (CuPy, cells with the fast path): replay each training window's
     layer forward and BPTT from CUDA graphs (:class:`rhn_np.graphs.CapturedLayer`).
+    ``impl``: the cells' ``impl`` in training, validation and sampling
+    (:func:`rhn_np.fast.resolve`); "fast" and "reference" agree to float round-off.
     """
 
     dataset: str = _field("pydoc", "text", "ptb, ptb-char, text8, enwik8, jsb or pydoc",
@@ -141,6 +143,9 @@ class Config:
     dtype: str = _field("float32", "choice", "floating-point type", choices=("float32", "float64"))
     cuda_graphs: bool = _field(True, "bool", "with --backend cupy, replay the layer's forward and BPTT from CUDA "
                                "graphs", resume=True)
+    impl: str = _field("auto", "choice", "the layers' code: reference (the readable one), fast (the compiled CPU "
+                       "loops with numba, the CUDA kernels on CuPy) or auto (fast where it runs, else reference)",
+                       choices=("auto", "reference", "fast"), resume=True)
 
     def check(self) -> Config:
         """Validate every field; raises ``ValueError`` naming the bad one.

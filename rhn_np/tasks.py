@@ -220,12 +220,14 @@ def _check_vocab_size(params, ds, what: str, fix: str) -> None:
         raise ValueError(f"the model predicts {V} symbols but {ds.name} has {ds.vocab_size}: {fix}")
 
 
-def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str = "word", progress=None) -> dict:
+def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str = "word", progress=None,
+             impl: str = "auto") -> dict:
     """Dropout-off NLL of a token stream: ``{"nll", "ppl", "bpc", "n_tokens"}``.
 
     The stream is laid out in ``batch_size`` rows (:class:`TokenBatches`); the state is
     carried over all windows, the last shorter window included. ``batch_size=1`` is the
-    authors' reported evaluation (one pass over the split in order).
+    authors' reported evaluation (one pass over the split in order). ``impl``: the
+    cells' (:func:`rhn_np.rhn.forward`).
     """
     _vocab_of(params, "evaluate")
     be = _backend.of(params["E"])
@@ -235,7 +237,7 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
     total = None
     n_tokens = 0
     for x, y in batches.all_windows():
-        nll, s = lm.lm_nll(params, be.to_device(x), be.to_device(y), s)  # (T, B)
+        nll, s = lm.lm_nll(params, be.to_device(x), be.to_device(y), s, impl=impl)  # (T, B)
         part = xp.sum(xp.astype(nll, xp.float64))
         total = part if total is None else total + part
         n_tokens += x.size
@@ -245,7 +247,7 @@ def evaluate(params, stream, *, batch_size: int = 32, bptt: int = 50, level: str
     return {**metrics(value, level), "n_tokens": n_tokens}
 
 
-def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
+def evaluate_sequences(params, sequences, *, batch_size: int = 16, impl: str = "auto") -> dict:
     """Dropout-off NLL per time step (summed over the 88 keys) of piano rolls."""
     be = _backend.of(params["W_out"])
     dtype = params["W_out"].dtype
@@ -256,7 +258,7 @@ def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
         x, y, mask = batches.window(i, order)
         xd, yd, md = (be.to_device(a, dtype=dtype) for a in (x, y, mask))
         s0 = lm.zero_state(params, x.shape[1])
-        logits, _ = lm.dense_logits(params, xd, s0)
+        logits, _ = lm.dense_logits(params, xd, s0, impl=impl)
         loss, _ = lm.sigmoid_bernoulli_nll(logits, yd, md)
         part = loss * x.shape[1]
         total = part if total is None else total + part
@@ -265,7 +267,8 @@ def evaluate_sequences(params, sequences, *, batch_size: int = 16) -> dict:
     return {**metrics(value, "frame"), "n_tokens": int(n_steps)}
 
 
-def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, bptt: int = 50, progress=None) -> dict:
+def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, bptt: int = 50, progress=None,
+                     impl: str = "auto") -> dict:
     """:func:`evaluate` (token data) or :func:`evaluate_sequences` (JSB) on ``ds.<split>``."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
@@ -274,9 +277,9 @@ def evaluate_dataset(params, ds, split: str = "valid", *, batch_size: int = 32, 
         if not isinstance(params, dict) or "E" in params or "W_out" not in params:
             raise ValueError(f"{ds.name} holds piano rolls: it needs a piano-roll model (lm.init_dense_params), "
                              "not a word/char model")
-        return evaluate_sequences(params, part, batch_size=batch_size)
+        return evaluate_sequences(params, part, batch_size=batch_size, impl=impl)
     _check_vocab_size(params, ds, "evaluate_dataset", "evaluate on the data set the model was trained on")
-    return evaluate(params, part, batch_size=batch_size, bptt=bptt, level=ds.level, progress=progress)
+    return evaluate(params, part, batch_size=batch_size, bptt=bptt, level=ds.level, progress=progress, impl=impl)
 
 
 def _start_symbol(ds, rng) -> int:
@@ -287,7 +290,8 @@ def _start_symbol(ds, rng) -> int:
     return int(rng.integers(ds.vocab_size))
 
 
-def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: str | None = None, seed: int = 0) -> str:
+def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: str | None = None, seed: int = 0,
+           impl: str = "auto") -> str:
     """Generate text from a word/char model: prime the state, then draw ``length`` symbols.
 
     Each symbol is drawn from ``softmax(logits / temperature)`` (host generator
@@ -308,13 +312,13 @@ def sample(params, ds, *, length: int = 300, temperature: float = 1.0, prime: st
     else:
         seed_ids, out = ids, list(ids)
     s = lm.zero_state(params, 1)
-    logits, s = lm.lm_logits(params, be.to_device(np.asarray(seed_ids, np.int64)[:, None]), s)
+    logits, s = lm.lm_logits(params, be.to_device(np.asarray(seed_ids, np.int64)[:, None]), s, impl=impl)
     for _ in range(length):
         z = _backend.to_host(logits[-1, 0, :]).astype(np.float64) / temperature  # (V,)
         p = np.exp(z - z.max())
         nxt = int(rng.choice(len(p), p=p / p.sum()))
         out.append(nxt)
-        logits, s = lm.lm_logits(params, be.to_device(np.asarray([[nxt]], np.int64)), s)
+        logits, s = lm.lm_logits(params, be.to_device(np.asarray([[nxt]], np.int64)), s, impl=impl)
     return ds.decode(np.asarray(out, np.int64))
 
 
@@ -351,7 +355,8 @@ class _Task:
 
     def validate(self, params) -> dict:
         cfg = self.cfg
-        return evaluate_dataset(params, self.ds, "valid", batch_size=cfg.eval_batch_size, bptt=cfg.bptt)
+        return evaluate_dataset(params, self.ds, "valid", batch_size=cfg.eval_batch_size, bptt=cfg.bptt,
+                                impl=cfg.impl)
 
     def _check_valid_split(self) -> None:
         if len(self.ds.valid) == 0:
@@ -387,7 +392,7 @@ class TokenTask(_Task):
                               keep_x=1 - cfg.drop_x, **self._keep())
         masked = any(m is not None for k, m in masks.items() if k not in ("x", "o"))
         loss, grads, s_last, stats = lm.lm_loss_and_grads(params, be.to_device(x), be.to_device(y), self.state, masks,
-                                                           layer=layer_for(x.shape, masked))
+                                                           layer=layer_for(x.shape, masked), impl=cfg.impl)
         self.state = be.xp.asarray(s_last, copy=True)
         return loss, grads, stats["nll_sum"], x.size
 
@@ -439,7 +444,7 @@ class RollTask(_Task):
         dtype = params["b_out"].dtype
         xd, yd, md = (be.to_device(a, dtype=dtype) for a in (x, y, mask))
         loss, grads, _, _ = lm.dense_loss_and_grads(params, xd, yd, lm.zero_state(params, x.shape[1]), masks,
-                                                    step_mask=md)
+                                                    step_mask=md, impl=cfg.impl)
         return loss, grads, loss * x.shape[1], float(mask.sum())
 
     def position(self):

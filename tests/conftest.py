@@ -10,17 +10,26 @@ Backend matrix (fixture ``be``): NumPy always; array-api-strict on its fake devi
 ``Device("device1")`` (catches host/device mixing without a GPU); CuPy only where
 :func:`rhn_np.backend.cupy_available` says a GPU is usable, otherwise reported as
 skipped.
+
+NumPy's fast path (fixture ``cpu_kernels``): the compiled loops (numba) and the in-place
+ufunc kernels, each test run with both; the compiled variant is reported as skipped
+where numba is not installed. ``RHN_HIDE_NUMBA=1`` hides numba from the whole test run
+(as if it were not installed): CI runs the layer tests so once more.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+if os.environ.get("RHN_HIDE_NUMBA") == "1":
+    sys.modules["numba"] = None  # import numba now raises ImportError, as without it
 
 import numpy as np
 import pytest
 from hypothesis import settings, strategies as st
 
-from rhn_np import backend, rhn
+from rhn_np import backend, fast, rhn
 
 settings.register_profile("dev", max_examples=10, deadline=None)
 settings.register_profile("ci", max_examples=50, deadline=None)
@@ -46,6 +55,16 @@ BACKENDS = [
 # dbf2832 the strict entry carried an xfail for rhn.py's ``b[0]``/``R[l]`` indexing,
 # which the Array API standard does not allow on 2-d/3-d arrays.)
 LAYER_BACKENDS = BACKENDS
+
+
+@pytest.fixture(params=fast.CPU_KERNEL_VARIANTS)
+def cpu_kernels(request):
+    """NumPy's fast path as the compiled loops, then as the ufunc kernels (restored after)."""
+    if request.param == "compiled" and fast.compiled_status()[0] is None:
+        pytest.skip(f"compiled CPU path: {fast.compiled_status()[1]}")
+    previous = fast.set_cpu_kernels(request.param)
+    yield request.param
+    fast.set_cpu_kernels(previous)
 
 
 @pytest.fixture(params=BACKENDS)

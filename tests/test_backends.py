@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import BACKENDS, host, make_inputs, on, requires_cupy
 from rhn_np import backend, gradcheck, rhn
@@ -209,15 +209,16 @@ def test_cupy_gradients_match_central_differences(coupled):
 # The fast path on NumPy against the reference
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("coupled,use_masks,use_ds_last", GRID)
-def test_numpy_fast_matches_reference(coupled, use_masks, use_ds_last):
+def test_numpy_fast_matches_reference(coupled, use_masks, use_ds_last, cpu_kernels):
     be = backend.get("numpy")
     out, args = run_layer(be, coupled=coupled, use_masks=use_masks, use_ds_last=use_ds_last, impl="fast")
     assert out[4]["impl"] == "fast"
     assert_layer_close(out, reference(*args), EXACT)
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # cpu_kernels is a setting, not state
 @given(data=st.data())
-def test_numpy_fast_matches_reference_drawn(data):
+def test_numpy_fast_matches_reference_drawn(data, cpu_kernels):
     kw = dict(
         T=data.draw(st.integers(1, 5), label="T"),
         B=data.draw(st.integers(1, 3), label="B"),
@@ -235,7 +236,7 @@ def test_numpy_fast_matches_reference_drawn(data):
     assert_layer_close(out, reference(*args), EXACT)
 
 
-def test_numpy_fast_leaves_its_inputs_alone_and_same_cache_size():
+def test_numpy_fast_leaves_its_inputs_alone_and_same_cache_size(cpu_kernels):
     p = rhn.init_params(3, 4, 2, coupled=False, init_scale=0.5, seed=6, dtype="float64")
     xs, s0, dys, ds_last, masks = make_inputs(3, 2, 3, 4, seed=6, masks=True)
     before = [a.copy() for a in (xs, s0, dys, ds_last, masks["x"], masks["s"], *p.values())]
