@@ -1,23 +1,38 @@
-"""Forward + BPTT time of the RHN layer against PyTorch, measured in the same run.
+"""Forward + BPTT time of the RHN layer against PyTorch and JAX, measured in the same run.
 
 One unit of work = ``rhn.forward`` over a window of T steps x L micro-layers plus the
 full ``rhn.backward``, float32, coupled gates, no softmax (the sizes of the project's
-performance notes). Baselines: the same layer in PyTorch eager (per-micro-layer
-parameter tensors, gates fused into one (n, 2n) matrix per micro-layer, autograd),
-and on the GPU the same PyTorch step captured whole in one CUDA graph.
+performance notes). rhn_np is timed three ways on the CPU: the reference, the fast path
+with its in-place ufunc kernels (``fast.set_cpu_kernels("numpy")``) and the fast path
+compiled with numba (``"compiled"``, where numba is installed), next to the window's GEMM
+floor (its matrix products and nothing else). Peers (``--peers``): the same layer in
+PyTorch eager (per-micro-layer parameter tensors, gates fused into one (n, 2n) matrix per
+micro-layer, autograd), in PyTorch with one time step compiled by ``torch.compile``, and
+in JAX (``lax.scan``, ``jax.jit`` of ``value_and_grad``; optional, ``pip install jax``);
+see ``benchmarks/peers.py``. Each compiled peer's first call (its compile) is reported on
+its own and kept out of the median, and its ys and gradients are checked once per size
+against rhn_np's reference (a warning when they differ by more than ``peers.RTOL``). On the
+GPU: the same PyTorch step captured whole in one CUDA graph.
 
-Each size also gets a full language-model training step in tokens/s: the trainer's own
+Threads: NumPy's BLAS uses ``OPENBLAS_NUM_THREADS`` (or ``OMP_``/``MKL_NUM_THREADS``; every
+core when none is set); PyTorch is given the same count (``torch.set_num_threads``), and
+JAX runs confined to that many CPUs (XLA has no thread-count flag: ``peers.xla_flags``).
+The counts are in the JSON metadata (``threads``).
+
+Each size also gets a full training step in tokens (frames) per second: the trainer's own
 step (``rhn_np.train.Trainer.train_step``, with embedding, softmax and optimiser) for the
-preset of that size (``benchmarks/bench_lm.py``). Peak memory is the growth of the
-process's peak resident set during one window on the CPU (the same yardstick for NumPy
-and PyTorch), and the allocator high-water marks on the GPU.
+preset of that size (``benchmarks/bench_lm.py``; the jsb preset on synthetic piano rolls,
+sigmoid outputs). Peak memory is the growth of the process's peak resident set during one
+window on the CPU (the same yardstick for NumPy, PyTorch and JAX), and the allocator
+high-water marks on the GPU.
 
 Usage::
 
-    python benchmarks/bench_layer.py                      # CPU: NumPy vs PyTorch eager
+    python benchmarks/bench_layer.py                      # CPU: NumPy vs PyTorch eager / compile, JAX
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_layer.py --sizes jsb,small,ptb_paper
     python benchmarks/bench_layer.py --device gpu         # GPU: CuPy vs PyTorch eager / graph
     python benchmarks/bench_layer.py --device cpu,gpu --sizes small,ptb_paper,enwik8_paper
-    python benchmarks/bench_layer.py --sizes small --repeats 3 --lm none --json out.json
+    python benchmarks/bench_layer.py --sizes small --repeats 3 --lm none --peers eager --json out.json
 
 It prints one line of JSON per measurement as it goes, then Markdown tables. Ratios
 (< 1: rhn_np is faster) are the result; absolute times vary between machines.
@@ -39,16 +54,23 @@ import tracemalloc
 import numpy as np
 
 import bench_lm  # next to this file: the trainer's LM step
+import peers  # next to this file: torch.compile and JAX
 from rhn_np import backend, fast, graphs, rhn
+from rhn_np.config import PRESETS
 
 SIZES = {  # name: (n_in, n, depth L, batch B, steps T)
     "small": (128, 256, 4, 32, 50),
     "ptb_paper": (830, 830, 10, 20, 35),
     "enwik8_paper": (205, 1500, 10, 128, 50),
+    "jsb": (88, 128, 6, 8, 100),  # 88 piano keys in, a small deep RHN, short batches
 }
 # The training preset whose language-model step is timed with each size: the paper's
-# PTB and enwik8 models are these sizes; `small` has no preset and gets the demo's.
-LM_PRESET = {"small": "demo", "ptb_paper": "ptb_sota", "enwik8_paper": "enwik8_sota"}
+# PTB and enwik8 models are these sizes; `small` has no preset and gets the demo's; `jsb`
+# the jsb preset's (its own width and batch), None where no such preset exists.
+LM_PRESET = {"small": "demo", "ptb_paper": "ptb_sota", "enwik8_paper": "enwik8_sota",
+             "jsb": "jsb" if "jsb" in PRESETS else None}
+# Presets on piano rolls: their step is timed on synthetic rolls (bench_lm.bench_rolls).
+ROLL_PRESETS = tuple(p for p, fields in PRESETS.items() if fields.get("dataset") == "jsb")
 
 
 def gflop(n_in, n, L, B, T):
@@ -220,33 +242,103 @@ def torch_graph_step(torch, params, xs, s0, dys):
 
 
 # ---------------------------------------------------------------- measurements
-def cpu_row(size, repeats, torch):
-    params, xs, s0, dys = make_inputs(size)
-    row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
-    for impl in ("reference", "fast"):
-        step = rhn_step(params, xs, s0, dys, impl)
-        row[f"numpy_{impl}_ms"] = 1e3 * median_time(step, repeats)
+# rhn_np's variants on the CPU: label, impl, fast.set_cpu_kernels choice (None: leave it)
+NUMPY_VARIANTS = (("reference", "reference", None), ("fast", "fast", "numpy"), ("compiled", "fast", "compiled"))
+# The yardsticks of the ratios ``ratio_{variant}_vs_{peer}``, and which ratios a CPU row gets.
+CPU_PEER_KEYS = {"gemm_only": "numpy_gemm_only_ms", "torch": "torch_eager_ms", "torch_compile": "torch_compile_ms",
+                 "jax": "jax_jit_ms"}
+CPU_RATIOS = [(v, p) for v, _, _ in NUMPY_VARIANTS for p in ("gemm_only", "torch")] + [
+    ("compiled", "torch_compile"), ("compiled", "jax")]
+
+
+def time_peer(row, name, build, repeats, reference, first_call_key=None):
+    """Time one peer into ``row`` as ``{name}_ms`` / ``{name}_peak_mb``; on failure record
+    ``{name}_error`` and go on. ``build()`` returns ``(step, run)`` (see ``peers.py``); with
+    ``first_call_key`` the first ``step()`` (the compile) is timed on its own, before the
+    warm-up, and ``run()``'s ys and gradients are checked against ``reference``."""
+    try:
+        step, run = build()
+        if first_call_key:
+            row[first_call_key] = peers.timed_first_call(step)
+        row[f"{name}_ms"] = 1e3 * median_time(step, repeats)
         with PeakRSS() as peak:
             step()
-        row[f"numpy_{impl}_peak_mb"] = peak.mb
+        row[f"{name}_peak_mb"] = peak.mb
+        if first_call_key:
+            err_ys, err_grads = peers.max_errors(run(), reference)
+            row[f"{name}_err_ys"], row[f"{name}_err_grads"] = err_ys, err_grads
+            if not max(err_ys, err_grads) <= peers.RTOL:  # NaN fails too
+                row[f"{name}_numerics_warning"] = (
+                    f"{name} disagrees with rhn_np's reference: max|diff|/max|ref| = {err_ys:.2g} (ys), "
+                    f"{err_grads:.2g} (gradients), tolerance {peers.RTOL:g}: not the same computation")
+                print(f"WARNING: {row['size']}: {row[f'{name}_numerics_warning']}", file=sys.stderr, flush=True)
+    except Exception as exc:  # report, never hide
+        row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+
+
+def cpu_row(size, repeats, torch, peer_names=("eager",), jax=None, jax_reason=None, threads=1):
+    """One size on the CPU: rhn_np's variants, the GEMM floor and the peers in ``peer_names``
+    (``torch`` and ``jax``: the modules, or None; ``jax_reason``: why JAX is missing;
+    ``threads``: the CPUs JAX may use, :func:`peers.confined`)."""
+    params, xs, s0, dys = make_inputs(size)
+    row = {"size": size, "device": "cpu", "gflop": gflop(*SIZES[size])}
+    for label, impl, kernels in NUMPY_VARIANTS:
+        if kernels == "compiled" and fast.compiled_status()[0] is None:
+            row["numpy_compiled_skipped"] = fast.compiled_status()[1]
+            continue
+        previous = fast.set_cpu_kernels(kernels) if kernels else None
+        try:
+            step = rhn_step(params, xs, s0, dys, impl)
+            row[f"numpy_{label}_ms"] = 1e3 * median_time(step, repeats)
+            with PeakRSS() as peak:
+                step()
+            row[f"numpy_{label}_peak_mb"] = peak.mb
+        finally:
+            if previous is not None:
+                fast.set_cpu_kernels(previous)
     row["numpy_gemm_only_ms"] = 1e3 * median_time(gemm_only_step(params, xs, dys), repeats)
-    row["ratio_reference_vs_gemm_only"] = row["numpy_reference_ms"] / row["numpy_gemm_only_ms"]
     tracemalloc.start()  # NumPy reports its allocations to tracemalloc: an exact count
     rhn_step(params, xs, s0, dys, "reference")()
     row["numpy_traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    ys, cache = rhn.forward(params, xs, s0)
+    ys, cache = rhn.forward(params, xs, s0, impl="reference")
     row["cache_mb"] = rhn.cache_nbytes(cache) / 2**20
     n_in, n, L, B, T = SIZES[size]
     row["cache_min_mb"] = 3 * L * T * B * n * 4 / 2**20  # s_in, h, t per micro-layer and step
-    if torch is not None:
+    grads, _, _ = rhn.backward(params, cache, dys)
+    reference = (ys, *rhn.fuse_params(grads))  # what every compiled peer must reproduce
+    del cache
+    if torch is None:
+        for name, peer in (("torch_eager", "eager"), ("torch_compile", "compile")):
+            if peer in peer_names:
+                row[f"{name}_skipped"] = "PyTorch is not installed (pip install -e '.[bench]')"
+    if torch is not None and "eager" in peer_names:
         step, _ = torch_eager_step(torch, params, xs, s0, dys, "cpu")
         row["torch_eager_ms"] = 1e3 * median_time(step, repeats)
         with PeakRSS() as peak:
             step()
         row["torch_eager_peak_mb"] = peak.mb
-        for impl in ("reference", "fast"):
-            row[f"ratio_{impl}_vs_torch"] = row[f"numpy_{impl}_ms"] / row["torch_eager_ms"]
+    if torch is not None and "compile" in peer_names:
+        def build():
+            torch._dynamo.reset()  # a fresh cache per size: no silent fallback to eager at its size limit
+            W, R, b = torch_layer(torch, params, "cpu")
+            X, S0, D = (torch.tensor(a) for a in (xs, s0, dys))
+            return peers.torch_compile_step(torch, W, R, b, X, S0, D)
+
+        before = peers.compile_cache_counts(torch)
+        time_peer(row, "torch_compile", build, repeats, reference, "torch_compile_first_call_s")
+        after = peers.compile_cache_counts(torch)  # hits: the first call loaded compiled code from disk
+        row["torch_compile_caches"] = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+    if "jax" in peer_names:
+        if jax is None:
+            row["jax_jit_skipped"] = jax_reason or "jax not installed (pip install jax)"
+        else:
+            with peers.confined(threads):
+                time_peer(row, "jax_jit", lambda: peers.jax_step(jax, *rhn.fuse_params(params), xs, s0, dys),
+                          repeats, reference, "jax_first_call_s")
+    for label, peer in CPU_RATIOS:  # < 1: rhn_np is faster
+        if f"numpy_{label}_ms" in row and CPU_PEER_KEYS[peer] in row:
+            row[f"ratio_{label}_vs_{peer}"] = row[f"numpy_{label}_ms"] / row[CPU_PEER_KEYS[peer]]
     print(json.dumps(row), flush=True)
     return row
 
@@ -330,12 +422,21 @@ def markdown(columns, rows):
 
 
 CPU_COLUMNS = [
-    ("size", "size", ""), ("NumPy reference", "numpy_reference_ms", " ms"), ("NumPy fast", "numpy_fast_ms", " ms"),
-    ("PyTorch eager", "torch_eager_ms", " ms"), ("reference / PyTorch", "ratio_reference_vs_torch", ""),
-    ("fast / PyTorch", "ratio_fast_vs_torch", ""), ("GEMMs only", "numpy_gemm_only_ms", " ms"),
-    ("reference / GEMMs", "ratio_reference_vs_gemm_only", ""), ("peak RSS, reference", "numpy_reference_peak_mb", " MiB"),
-    ("peak RSS, fast", "numpy_fast_peak_mb", " MiB"), ("peak RSS, PyTorch", "torch_eager_peak_mb", " MiB"),
-    ("cache", "cache_mb", " MiB"), ("minimum", "cache_min_mb", " MiB"),
+    ("size", "size", ""), ("NumPy reference", "numpy_reference_ms", " ms"),
+    ("NumPy fast, ufuncs", "numpy_fast_ms", " ms"), ("NumPy compiled", "numpy_compiled_ms", " ms"),
+    ("GEMMs only", "numpy_gemm_only_ms", " ms"), ("compiled / GEMMs", "ratio_compiled_vs_gemm_only", ""),
+    ("PyTorch eager", "torch_eager_ms", " ms"), ("torch.compile", "torch_compile_ms", " ms"),
+    ("JAX jit", "jax_jit_ms", " ms"), ("compiled / eager", "ratio_compiled_vs_torch", ""),
+    ("compiled / torch.compile", "ratio_compiled_vs_torch_compile", ""), ("compiled / JAX", "ratio_compiled_vs_jax", ""),
+    ("reference / PyTorch", "ratio_reference_vs_torch", ""), ("reference / GEMMs", "ratio_reference_vs_gemm_only", ""),
+]
+# Memory and the compiled peers' first calls, in a second CPU table (one table would not fit a page).
+CPU_MORE_COLUMNS = [
+    ("size", "size", ""), ("peak RSS, reference", "numpy_reference_peak_mb", " MiB"),
+    ("peak RSS, ufuncs", "numpy_fast_peak_mb", " MiB"), ("peak RSS, compiled", "numpy_compiled_peak_mb", " MiB"),
+    ("peak RSS, PyTorch", "torch_eager_peak_mb", " MiB"), ("peak RSS, torch.compile", "torch_compile_peak_mb", " MiB"),
+    ("peak RSS, JAX", "jax_jit_peak_mb", " MiB"), ("cache", "cache_mb", " MiB"), ("minimum", "cache_min_mb", " MiB"),
+    ("torch.compile 1st call", "torch_compile_first_call_s", " s"), ("JAX 1st call", "jax_first_call_s", " s"),
 ]
 GPU_COLUMNS = [
     ("size", "size", ""), ("CuPy captured", "cupy_graph_ms", " ms"), ("CuPy fast", "cupy_fast_raw_ms", " ms"),
@@ -354,9 +455,10 @@ LM_COLUMNS = [
 
 
 def lm_row(preset, backend_name, repeats, cuda_graphs=True):
-    """The trainer's full language-model step of one preset (see ``bench_lm.py``)."""
+    """The trainer's full training step of one preset (see ``bench_lm.py``: ``bench``, ``bench_rolls``)."""
     try:
-        row = bench_lm.bench(preset, backend_name, repeats, cuda_graphs=cuda_graphs)
+        bench = bench_lm.bench_rolls if preset in ROLL_PRESETS else bench_lm.bench
+        row = bench(preset, backend_name, repeats, cuda_graphs=cuda_graphs)
     except Exception as exc:  # report, never hide
         row = {"preset": preset, "backend": backend_name, "error": f"{type(exc).__name__}: {exc}"}
         if backend_name == "cupy":
@@ -371,11 +473,16 @@ def report(meta, layer, lm):
         rows = [r for r in layer if r["device"] == device]
         if rows:
             out += ["", f"Forward + BPTT of one window, {device.upper()} (median):", "", markdown(columns, rows)]
+        if rows and device == "cpu":
+            out += ["", "Memory of one window, CPU, and the compiled peers' first calls (excluded above):", "",
+                    markdown(CPU_MORE_COLUMNS, rows)]
     if lm:
         out += ["", "Full language-model training step (the trainer's, median):", "", markdown(LM_COLUMNS, lm)]
-    errors = [f"{r.get('size') or r.get('preset')}: {k} = {v}" for r in layer + lm for k, v in r.items() if "error" in k]
-    if errors:
-        out += ["", "Errors:", *errors]
+    for title, word in (("Errors", "error"), ("Warnings", "warning"), ("Skipped", "skipped")):
+        lines = [f"{r.get('size') or r.get('preset')}: {k} = {v}"
+                 for r in layer + lm for k, v in r.items() if word in k]
+        if lines:
+            out += ["", f"{title}:", *lines]
     return "\n".join(out)
 
 
@@ -396,6 +503,9 @@ def main(argv=None):
                     help="presets whose language-model step to time (comma-separated), 'auto' for the "
                          f"presets of the sizes ({', '.join(f'{k}: {v}' for k, v in LM_PRESET.items())}), or 'none'")
     ap.add_argument("--lm-repeats", type=int, default=3)
+    ap.add_argument("--peers", default=",".join(peers.PEERS),
+                    help=f"the CPU peers to time, comma-separated from {', '.join(peers.PEERS)} (PyTorch eager, "
+                         "torch.compile of one step, JAX jit), or 'none'")
     ap.add_argument("--json", help="write the rows here as JSON")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -405,21 +515,37 @@ def main(argv=None):
     devices = [d for d in args.device.split(",") if d]
     if not devices or any(d not in ("cpu", "gpu") for d in devices):
         ap.error(f"--device must be cpu, gpu or cpu,gpu, got {args.device!r}")
-    presets = ([LM_PRESET[s] for s in sizes] if args.lm == "auto" else
+    presets = ([LM_PRESET[s] for s in sizes if LM_PRESET[s]] if args.lm == "auto" else
                [] if args.lm == "none" else [p for p in args.lm.split(",") if p])
+    timeable = [*bench_lm.VOCAB, *ROLL_PRESETS]
     for p in presets:
-        if p not in bench_lm.VOCAB:
-            ap.error(f"unknown preset {p!r} for --lm; choose from {', '.join(bench_lm.VOCAB)}, 'auto' or 'none'")
+        if p not in timeable:
+            ap.error(f"unknown preset {p!r} for --lm; choose from {', '.join(timeable)}, 'auto' or 'none'")
+    peer_names = [] if args.peers == "none" else [p for p in args.peers.split(",") if p]
+    for p in peer_names:
+        if p not in peers.PEERS:
+            ap.error(f"unknown peer {p!r} for --peers; choose from {', '.join(peers.PEERS)} or 'none'")
     threads = blas_threads()
-    try:
-        import torch
+    torch = None
+    if "gpu" in devices or {"eager", "compile"} & set(peer_names):
+        try:
+            import torch
 
-        torch.set_num_threads(threads)  # the same number of threads as NumPy's BLAS: a fair race
-    except ImportError:
-        torch = None
-        print("PyTorch is not installed: no baseline (pip install -e '.[bench]')", file=sys.stderr)
+            torch.set_num_threads(threads)  # the same number of threads as NumPy's BLAS: a fair race
+        except ImportError:
+            print("PyTorch is not installed: no baseline (pip install -e '.[bench]')", file=sys.stderr)
+    jax, jax_reason, jax_threads = None, None, None
+    if "cpu" in devices and "jax" in peer_names:
+        jax_threads = peers.xla_flags(threads)  # before JAX is imported
+        with peers.confined(threads):  # XLA's threads, started here, stay on `threads` CPUs
+            jax, jax_reason = peers.import_jax()
+        if jax is None:
+            print(f"JAX peer skipped: {jax_reason}", file=sys.stderr)
     meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "cpu_threads": threads, "date": time.strftime("%Y-%m-%d"), "torch": getattr(torch, "__version__", None)}
+            "cpu_count": os.cpu_count(), "cpu_threads": threads, "date": time.strftime("%Y-%m-%d"),
+            "torch": getattr(torch, "__version__", None), "jax": getattr(jax, "__version__", None), "peers": peer_names,
+            "threads": {"blas": threads, "torch": torch.get_num_threads() if torch is not None else None,
+                        "jax": jax_threads if jax is not None else None, "XLA_FLAGS": os.environ.get("XLA_FLAGS")}}
     if "gpu" in devices:
         meta.update({k: v for k, v in backend.describe().items() if k != "backends"})
     layer, lm = [], []
@@ -433,7 +559,12 @@ def main(argv=None):
 
     for device in devices:
         for size in sizes:
-            layer.append((cpu_row if device == "cpu" else gpu_row)(size, args.repeats, torch))
+            if device == "cpu":
+                layer.append(cpu_row(size, args.repeats, torch, peer_names, jax, jax_reason, threads))
+                compiled, meta["compiled_status"] = fast.compiled_status()
+                meta["compiled"] = compiled.report() if compiled is not None else None  # its first calls so far
+            else:
+                layer.append(gpu_row(size, args.repeats, torch))
             save()
         lm_backend = "numpy" if device == "cpu" else "cupy"
         for preset in presets:

@@ -45,11 +45,8 @@ def graph_settings(backend_name):
     return (True, False) if backend_name == "cupy" else (True,)
 
 
-def bench(preset, backend_name, repeats, warmup=2, cuda_graphs=True):
-    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32", cuda_graphs=cuda_graphs)
-    tokens = cfg.batch_size * cfg.bptt
-    ds = synthetic(preset, tokens * (warmup + repeats + 2) + cfg.batch_size)
-    trainer = T.Trainer(cfg, tempfile.mkdtemp(prefix="bench-lm-"), ds=ds, progress=False, out=lambda *a: None)
+def time_steps(trainer, warmup, repeats):
+    """Median seconds of ``trainer.train_step()`` after ``warmup`` steps, and the last loss."""
     for _ in range(warmup):
         float(trainer.train_step())  # float(): the host sync that ends the step on a GPU
     times = []
@@ -57,13 +54,41 @@ def bench(preset, backend_name, repeats, warmup=2, cuda_graphs=True):
         t0 = time.perf_counter()
         loss = float(trainer.train_step())
         times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    return statistics.median(times), loss
+
+
+def _row(preset, trainer, cfg, bptt, vocab, med, loss, cuda_graphs):
     row = {"preset": preset, "backend": trainer.be.name, "depth": cfg.depth, "hidden": cfg.hidden,
-           "batch": cfg.batch_size, "bptt": cfg.bptt, "vocab": ds.vocab_size, "step_ms": 1e3 * med,
-           "tokens_per_s": tokens / med, "loss": loss}
+           "batch": cfg.batch_size, "bptt": bptt, "vocab": vocab, "step_ms": 1e3 * med,
+           "tokens_per_s": cfg.batch_size * bptt / med, "loss": loss}
     if trainer.be.name == "cupy":
         row["cuda_graphs"] = cuda_graphs
     return row
+
+
+def bench(preset, backend_name, repeats, warmup=2, cuda_graphs=True):
+    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32", cuda_graphs=cuda_graphs)
+    tokens = cfg.batch_size * cfg.bptt
+    ds = synthetic(preset, tokens * (warmup + repeats + 2) + cfg.batch_size)
+    trainer = T.Trainer(cfg, tempfile.mkdtemp(prefix="bench-lm-"), ds=ds, progress=False, out=lambda *a: None)
+    med, loss = time_steps(trainer, warmup, repeats)
+    return _row(preset, trainer, cfg, cfg.bptt, ds.vocab_size, med, loss, cuda_graphs)
+
+
+def bench_rolls(preset, backend_name, repeats, warmup=2, cuda_graphs=True, frames=100):
+    """:func:`bench` for a piano-roll preset (``jsb``): the trainer's step (sigmoid outputs,
+    Adam, ...) on synthetic chorales of ``frames`` + 1 frames (random keys, 5 % on), one
+    window of ``frames`` steps over the preset's batch; ``tokens_per_s`` counts frames."""
+    cfg = T.config_from_preset(preset, backend=backend_name, dtype="float32", cuda_graphs=cuda_graphs)
+    rng = np.random.default_rng(0)
+    rolls = [(rng.random((frames + 1, data.N_KEYS)) < 0.05).astype(np.uint8)
+             for _ in range(cfg.batch_size * (warmup + repeats + 2))]
+    keys = [str(data.LOWEST_NOTE + k) for k in range(data.N_KEYS)]
+    ds = data.Dataset(f"synthetic-{preset}", "piano_roll", rolls, rolls[:cfg.batch_size], rolls[:cfg.batch_size],
+                      keys, "frame")
+    trainer = T.Trainer(cfg, tempfile.mkdtemp(prefix="bench-lm-"), ds=ds, progress=False, out=lambda *a: None)
+    med, loss = time_steps(trainer, warmup, repeats)
+    return _row(preset, trainer, cfg, frames, data.N_KEYS, med, loss, cuda_graphs)
 
 
 def main(argv=None):
