@@ -33,7 +33,8 @@
 # finite differences and PyTorch autograd.
 #
 # *Fast mode:* `RHN_FAST=1` shrinks every size and sweep (under a minute on 2 CPU
-# cores). `RHN_FIGDIR=some/folder` also saves every figure as a PNG.
+# cores). `RHN_FIGDIR=some/folder` also saves every figure as a PNG. Run in Jupyter,
+# section 4 ends with sliders that redraw the RHN's discs for your own settings.
 
 # %%
 import os
@@ -129,8 +130,11 @@ A_small = theory.rnn_step_jacobian(**rnn_small, x=x0, y_prev=y0, layout="paper")
 A_ident = theory.rnn_step_jacobian(**rnn_ident, x=x0, y_prev=y0, layout="paper")[0]
 
 fig, ax = plt.subplots(figsize=(9, 7))
-plots.plot_discs(A_small, ax, color="C0", label="(1) small random init")
-plots.plot_discs(A_ident, ax, color="C3", label="(2) identity init")
+# One legend group per initialisation (its discs, then its eigenvalues), the unit circle last.
+plots.plot_discs(A_small, ax, color="C0", label="(1) small random init: discs", unit_circle=False,
+                 eigenvalue_label="(1) its eigenvalues ×")
+plots.plot_discs(A_ident, ax, color="C3", label="(2) identity init: discs", eigenvalue_marker="+",
+                 eigenvalue_label="(2) its eigenvalues +")
 ax.legend(loc="upper left", framealpha=0.95)
 ax.set_title(f"Figure 2: Geršgorin discs of a tanh RNN Jacobian (n = {n_fig2})")
 show(fig, "02_figure2_init")
@@ -147,35 +151,63 @@ for name, A in [("small random", A_small), ("identity", A_ident)]:
 # the unit circle, and the eigenvalues follow (for random matrices the spectral
 # radius grows like $\sigma \sqrt n$, more slowly than the discs: Geršgorin is a
 # *bound*). This is the paper's point that larger matrices need smaller init std.
-# Below: the Jacobian at the origin for two widths and three stds.
+# Below: the Jacobian at the origin for two widths and three stds, all six panels on
+# the same axes, so that the growth of the discs can be seen from panel to panel (the
+# discs that are dots on that scale are shown again in an inset, every inset zoomed
+# by the same factor).
 
 # %%
 widths_grid = [16, 64] if FAST else [16, 128]
 stds_grid = [0.02, 0.08, 0.3]
 fig, axes = plt.subplots(len(widths_grid), len(stds_grid), figsize=(5.2 * len(stds_grid), 5.2 * len(widths_grid)))
+grid_A = {}
 for r, n in enumerate(widths_grid):
     for c, std in enumerate(stds_grid):
         p = theory.rnn_init(1, n, init_std=std, seed=1)
-        A = theory.rnn_step_jacobian(**p, x=np.zeros((1, 1)), y_prev=np.zeros((1, n)), layout="paper")[0]
+        A = grid_A[r, c] = theory.rnn_step_jacobian(**p, x=np.zeros((1, 1)), y_prev=np.zeros((1, n)), layout="paper")[0]
         ax = plots.plot_discs(A, axes[r, c], color="C0" if std < 1 / n**0.5 else "C3")
-        ax.set_title(f"n = {n}, std = {std}\nρ(A) = {theory.spectral_radius(A):.2f}")
+        ax.set_title(f"n = {n}, std = {std}\nρ(A) = {theory.spectral_radius(A):.2f}, "
+                     f"max r = {theory.gersgorin_discs(A)[1].max():.2f}")
+        ax.set(xlabel="Re λ" if r == len(widths_grid) - 1 else "", ylabel="Im λ" if c == 0 else "")
+plots.set_common_limits(axes)  # one scale for all six panels: the discs' growth is seen, not read off the ticks
+# On that scale the smallest discs are dots: those panels get an inset, all insets on one
+# (zoomed) scale of their own.
+half = np.ptp(axes[0, 0].get_xlim()) / 2  # the common half-width
+extent = {}  # how far from 0 each panel's discs reach
+for rc, A in grid_A.items():
+    cen, rad = theory.gersgorin_discs(A)
+    extent[rc] = float(np.max(np.abs(cen) + rad))
+dots = [rc for rc in grid_A if extent[rc] < half / 10]
+zoom = 1.25 * max([1.0] + [extent[rc] for rc in dots])
+for r, c in dots:
+    ins = axes[r, c].inset_axes([0.58, 0.58, 0.4, 0.4])
+    plots.plot_discs(grid_A[r, c], ins, color=axes[r, c].patches[0].get_facecolor()[:3])
+    ins.set(xlim=(-zoom, zoom), ylim=(-zoom, zoom), xticks=[], yticks=[], xlabel="", ylabel="")
+    ins.text(0.04, 0.04, f"zoom ×{half / zoom:.0f}", transform=ins.transAxes, fontsize=12, ha="left", va="bottom",
+             bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5))
 axes[0, 0].legend(loc="lower left", fontsize=11)
-fig.suptitle("tanh RNN at the origin: discs grow with std and width (red: std > 1/√n)")
+fig.suptitle("tanh RNN at the origin: discs grow with std and width (red: std > 1/√n; all panels on one scale)")
 show(fig, "03_rnn_discs_std_width")
 
 # %% [markdown]
-# The same as a sweep. Left: the spectral radius $\rho(A)$ (solid), the Eq. 3 bound
+# The same as a sweep. Left: the spectral radius $\rho(A)$ (solid, dots), the Eq. 3 bound
 # $\gamma\sigma_{\max}$ (dotted) and the Geršgorin bound $\max_i (|a_{ii}| + r_i)$
-# (dashed) against the init std, one colour per width: each of the three crosses 1 at a
-# smaller std for a wider layer (for n = 256, in full mode, the Geršgorin bound is above
-# 1 already at the smallest std plotted). Right: every $|\lambda|$ against the width at
-# a fixed std.
+# (dashed, hollow squares) against the init std; the colour is the width, in both panels.
+# Each of the three crosses 1 at a smaller std for a wider layer (for n = 256, in full
+# mode, the Geršgorin bound is above 1 already at the smallest std plotted). The bound
+# grows like $\sigma n$, the spectral radius like $\sigma\sqrt n$, so the Geršgorin
+# bound of n = 16 lies almost on the spectral radius of n = 256 (the squares on the
+# dots). Right: every $|\lambda|$ (grey) against the width at a fixed std, the widths of
+# the left panel marked in their colours.
 
 # %%
 stds = np.geomspace(0.005, 0.5, 9 if FAST else 21)
 widths = [16, 64] if FAST else [16, 64, 256]
-fig, axes = plt.subplots(1, 2, figsize=(16, 6.2))
-for k, n in enumerate(widths):
+# Colour = width, in both panels (and no other meaning; colour-blind safe);
+# line style and marker = which quantity.
+WIDTH_COLORS = {16: "#1b9e77", 64: "#7570b3", 256: "#d95f02"}
+fig, axes = plt.subplots(1, 2, figsize=(16, 6.4))
+for n in widths:
     rho, sig, ger = [], [], []
     for std in stds:
         A = theory.rnn_init(1, n, init_std=std, seed=2)["R"]  # A = R at the origin
@@ -183,23 +215,38 @@ for k, n in enumerate(widths):
         rho.append(theory.spectral_radius(A))
         sig.append(theory.rnn_norm_bound(A))
         ger.append(np.max(np.abs(cen) + rad))
-    axes[0].plot(stds, rho, "-o", color=f"C{k}", ms=5, label=f"n = {n}")
-    axes[0].plot(stds, sig, ":", color=f"C{k}")
-    axes[0].plot(stds, ger, "--", color=f"C{k}")
-axes[0].plot([], [], "k-", label="spectral radius ρ")
-axes[0].plot([], [], "k:", label="Eq. 3 bound γσ_max")
-axes[0].plot([], [], "k--", label="Geršgorin bound")
-axes[0].axhline(1.0, color="0.25", lw=1.4, ls="-.")
-axes[0].set(xscale="log", yscale="log", xlabel="init std of R", ylabel="|λ| or bound", title="vanishing → exploding with the std")
-axes[0].legend(loc="upper left", fontsize=11, ncol=2)
+    col = WIDTH_COLORS[n]
+    axes[0].plot(stds, rho, "-o", color=col, ms=6, zorder=3)
+    axes[0].plot(stds, sig, ":", color=col, zorder=3)
+    # The Geršgorin bound of a narrow layer can lie on the spectral radius of a wide one
+    # (n·σ·√(2/π) against σ·√n): dashed with hollow squares, drawn on top, so both show.
+    axes[0].plot(stds, ger, "--s", color=col, ms=10, mfc="none", mew=2, zorder=4)
+axes[0].axhline(1.0, color="0.25", lw=1.4, ls="-.", zorder=1)
+axes[0].set(xscale="log", yscale="log", xlabel="init std σ of R", ylabel="|λ| or bound",
+            title="vanishing → exploding with the std")
+width_handles = [matplotlib.lines.Line2D([], [], color=WIDTH_COLORS[n], lw=6, label=f"n = {n}") for n in widths]
+kind_handles = [
+    matplotlib.lines.Line2D([], [], color="k", ls="-", marker="o", ms=6, label="spectral radius ρ"),
+    matplotlib.lines.Line2D([], [], color="k", ls=":", label="Eq. 3 bound γσ_max"),
+    matplotlib.lines.Line2D([], [], color="k", ls="--", marker="s", ms=10, mfc="none", mew=2,
+                            label="Geršgorin bound"),
+]
+axes[0].add_artist(axes[0].legend(handles=width_handles, loc="upper left", title="colour: width", fontsize=12))
+axes[0].legend(handles=kind_handles, loc="lower right", title="line: quantity", fontsize=12)
 
 sweep_widths = [8, 16, 32, 64, 128] if FAST else [8, 16, 32, 64, 128, 256, 512]
 spectra = [theory.spectrum(theory.rnn_init(1, n, init_std=0.05, seed=3)["R"]) for n in sweep_widths]
-plots.plot_spectrum_sweep(sweep_widths, spectra, axes[1], xlabel="width n", title="std = 0.05: wider → larger |λ|")
-axes[1].plot(sweep_widths, [0.05 * n**0.5 for n in sweep_widths], ":", color="C1", label="σ√n (circular law)")
+# Here width is the x-axis: everything in grey and black, the widths of the left panel marked in their colours.
+plots.plot_spectrum_sweep(sweep_widths, spectra, axes[1], xlabel="width n", color="0.35",
+                          title="σ = 0.05: wider → larger |λ|")
+axes[1].plot(sweep_widths, [0.05 * n**0.5 for n in sweep_widths], ":", color="k", lw=2.8, label="σ√n (circular law)")
+for n, lam in zip(sweep_widths, spectra):
+    if n in widths:
+        axes[1].plot([n], [np.abs(lam).max()], "o", ms=13, color=WIDTH_COLORS[n], mec="k", zorder=5,
+                     label=f"n = {n} (as on the left)")
 axes[1].set_xscale("log", base=2)
 axes[1].set_ylim(0, 1.6 * max(1.0, max(np.abs(lam).max() for lam in spectra)))
-axes[1].legend(loc="upper left", fontsize=11, framealpha=0.95)
+axes[1].legend(loc="upper left", fontsize=12, framealpha=0.95)
 show(fig, "04_rnn_spectrum_sweeps")
 
 # %% [markdown]
@@ -228,17 +275,27 @@ show(fig, "04_rnn_spectrum_sweeps")
 
 # %%
 n_rhn, n_in_rhn = (16, 8) if FAST else (32, 8)
-rng = np.random.default_rng(7)
-x_rhn = rng.standard_normal((1, n_in_rhn))
-s_rhn = 0.5 * np.tanh(rng.standard_normal((1, n_rhn)))  # one fixed state y_{t-1}
+
+
+def input_and_state(n):
+    """The fixed input x_t and state y_{t-1} of this section, for a layer of width n."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, n_in_rhn))
+    return x, 0.5 * np.tanh(rng.standard_normal((1, n)))
+
+
+x_rhn, s_rhn = input_and_state(n_rhn)  # one fixed input and state y_{t-1}
 
 
 BIAS_CMAP = matplotlib.colors.LinearSegmentedColormap.from_list("bias", plt.cm.plasma(np.linspace(0.0, 0.85, 256)))
 
 
-def rhn_jacobian(bias, scale, coupled=True, depth=1):
-    p = rhn.init_params(n_in_rhn, n_rhn, depth, coupled=coupled, init_scale=scale, transform_bias=bias, seed=11, dtype="float64")
-    return p, theory.step_jacobian(p, x_rhn, s_rhn, layout="paper")[0]
+def rhn_jacobian(bias, scale, coupled=True, depth=1, width=None):
+    """Parameters and step Jacobian A = ∂s_t/∂s_{t-1} (paper layout, all `depth` micro-layers)."""
+    n = n_rhn if width is None else int(width)
+    x, s = (x_rhn, s_rhn) if n == n_rhn else input_and_state(n)
+    p = rhn.init_params(n_in_rhn, n, depth, coupled=coupled, init_scale=scale, transform_bias=bias, seed=11, dtype="float64")
+    return p, theory.step_jacobian(p, x, s, layout="paper")[0]
 
 
 biases_grid = [-4.0, -2.0, 0.0, 2.0, 4.0]
@@ -294,6 +351,99 @@ A_open = theory.step_jacobian(p_unc, x_rhn, s_rhn, layout="paper")[0]
 A_tanh = theory.rnn_step_jacobian(p_unc["R_H"][0], p_unc["W_H"], p_unc["b_H"][0], x_rhn, s_rhn, layout="paper")[0]
 print("c = 0, t = 1:  max |A_RHN - A_tanh-RNN| =", np.max(np.abs(A_open - A_tanh)))
 print("               spectral radii:", theory.spectral_radius(A_open), theory.spectral_radius(A_tanh))
+
+# %% [markdown]
+# ### Try it: sliders
+#
+# In Jupyter (a running kernel with `ipywidgets`), the sliders below redraw the discs and
+# the eigenvalues of the same step Jacobian $A = \partial s_t/\partial s_{t-1}$
+# (coupled gates, all $L$ micro-layers, the fixed input and state of this section) for a
+# **transform bias** $b_T$, an **init scale** (every weight $U(\pm\text{scale})$), a
+# **width** $n$ and a **recurrence depth** $L$; the figure is redrawn when a slider is
+# released. Left: the discs (coloured by $b_T$ as above) with the eigenvalues (×) and
+# $|\lambda| = 1$; right: every $|\lambda|$, largest first (log scale), against the
+# carry-alone value $(1 - \sigma(b_T))^L$. The start values ($b_T = -2$, $U(\pm 0.5)$,
+# $L = 1$, the width of this section) give the panel of the first disc figure of this
+# section in row $U(\pm 0.5)$, column $b_T = -2$.
+#
+# Things to try: $b_T$ from −4 to +4 at scale 0.5 (carry → tanh RNN); a wider layer at
+# the same scale (the discs grow, as in section 3); a deeper transition at the authors'
+# scale 0.04 (the spectrum contracts like $(1 - \sigma(b_T))^L$, as in section 5), then
+# the same at scale 0.5 (it contracts more slowly than the carry alone: the transforms
+# add to it) and at a larger width.
+#
+# The sliders need a live kernel: on the documentation's page they are at most a
+# snapshot that does not respond. Without a Jupyter kernel (`python notebooks/theory.py`)
+# or without `ipywidgets`, the cell prints a note and draws the start values once.
+
+# %%
+SLIDER_WIDTHS = [4, 8, 16, 32, 64, 128]
+SLIDER_SCALES = [0.01, 0.02, 0.04, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+
+
+def draw_rhn_step(bias=-2.0, scale=0.5, width=n_rhn, depth=1):
+    """Discs and eigenvalues of the RHN step Jacobian for the given settings (one redraw)."""
+    _, A = rhn_jacobian(bias, scale, depth=depth, width=width)
+    lam = theory.spectrum(A)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    plots.plot_discs(A, axes[0], color=BIAS_CMAP((np.clip(bias, -4, 4) + 4) / 8))
+    axes[0].set_title("Geršgorin discs and eigenvalues")
+    axes[0].legend(loc="upper left", fontsize=11, framealpha=0.9)
+    mod = np.maximum(np.sort(np.abs(lam))[::-1], 1e-16)
+    carry = (1 - float(rhn.sigmoid(np.float64(bias)))) ** depth
+    axes[1].plot(np.arange(1, width + 1), mod, "o-", color="k", ms=5, label="|λ|, largest first")
+    axes[1].axhline(1.0, ls="--", color="0.25", lw=1.6, label="|λ| = 1")
+    axes[1].axhline(carry, ls=":", color="C3", lw=2.5, label="$(1 - \\sigma(b_T))^L$  (carry alone)")
+    axes[1].set(xlabel="eigenvalue (sorted)", ylabel="|λ|", title="eigenvalue moduli (log scale)", yscale="log",
+                ylim=(min(mod.min(), carry) / 2, 2 * max(1.0, mod.max())))
+    axes[1].legend(loc="lower left", fontsize=11, framealpha=0.9)
+    rho = float(theory.spectral_radius(A))
+    rho_text = f"{rho:.3f}" if rho >= 1e-3 else f"{rho:.1e}"
+    fig.suptitle(f"RHN step Jacobian: $b_T$ = {bias:+.1f}, U(±{scale:g}), n = {width}, L = {depth}:  ρ = {rho_text}")
+    return fig
+
+
+def has_kernel():
+    """True in a Jupyter kernel (which can show widgets); False in a plain script or terminal IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def rhn_sliders():
+    """The sliders and the figure they redraw (ipywidgets.interactive_output)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    common = dict(continuous_update=False, style={"description_width": "9em"}, layout=widgets.Layout(width="26em"))
+    controls = {
+        "bias": widgets.FloatSlider(value=-2.0, min=-6.0, max=4.0, step=0.5, description="transform bias b_T",
+                                    readout_format="+.1f", **common),
+        "scale": widgets.SelectionSlider(options=SLIDER_SCALES, value=0.5, description="init scale", **common),
+        "width": widgets.SelectionSlider(options=SLIDER_WIDTHS, value=n_rhn, description="width n", **common),
+        "depth": widgets.IntSlider(value=1, min=1, max=6, description="depth L", **common),
+    }
+    out = widgets.interactive_output(lambda **kw: show(draw_rhn_step(**kw), "11_rhn_sliders"), controls)
+    ui = widgets.VBox([widgets.HBox([controls["bias"], controls["scale"]]),
+                       widgets.HBox([controls["width"], controls["depth"]]), out])
+    display(ui)
+    return ui
+
+
+try:
+    import ipywidgets  # noqa: F401
+except ImportError:
+    ipywidgets = None
+if ipywidgets is not None and has_kernel():
+    sliders = rhn_sliders()
+else:
+    print("Sliders: " + ("ipywidgets is not installed (pip install 'rhn_np[notebooks]')" if ipywidgets is None
+                         else "no Jupyter kernel to run them (a plain script)")
+          + "; open the notebook in Jupyter to move them. The start values, drawn once:")
+    show(draw_rhn_step(), "11_rhn_sliders")
 
 # %% [markdown]
 # ## 5. Gradient norm against the time lag, at initialisation

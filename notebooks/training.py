@@ -190,11 +190,18 @@ for temperature in (0.5, 1.0):
 # For comparison: the **initial** parameters (the very ones this run started from,
 # `train.init_model(cfg, ds)`). There all weights are tiny and $b_T = -2$, so every gate
 # sits near $\sigma(-2) \approx 0.12$ whatever the input.
+#
+# In the heat map below each half has its own colour scale and colour bar. The trained
+# gates are drawn as they are (from 0); the initial ones differ from each other by about
+# $10^{-4}$ or less, so they are drawn relative to the mean of their micro-layer,
+# $t - \bar t_\ell$, magnified (the colour bar says by how much): this shows *that* the
+# untrained gates vary a little with the input, and how little.
 
 # %%
 valid_text = ds.decode(ds.valid[:20_000])
 match = re.search(r"(?<=\n\n)[A-Z][a-z]+(?: [a-z]+){3}[^\n]{40}", valid_text)  # a paragraph of English words
-text_piece = valid_text[match.start(): match.start() + 80] if match else valid_text[:80]
+n_chars = 60  # characters along the heat map: few enough for labels readable on a slide
+text_piece = valid_text[match.start(): match.start() + n_chars] if match else valid_text[:n_chars]
 print(repr(text_piece))
 ids = ds.encode(text_piece)[:, None]  # (T, 1): one row
 
@@ -214,17 +221,29 @@ for name, g in gates.items():
 
 # %%
 labels = [{" ": "␣", "\n": "↵"}.get(ch, ch) for ch in text_piece]
-vmax = max(g.max() for g in gates.values())
-fig, axes = plt.subplots(2, 1, figsize=(20, 3.2 + 1.1 * cfg.depth), sharex=True)
-for ax, (name, g) in zip(axes, gates.items()):
-    im = ax.imshow(g, aspect="auto", cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
-    ax.set_yticks(range(cfg.depth), [f"ℓ = {l + 1}" for l in range(cfg.depth)])
-    ax.set_title(f"{name} parameters", loc="left", fontsize=15)
+# Each half on its own colour scale with its own colour bar. The initial gates all sit at
+# about σ(b_T) and differ by ~1e-4 at most: on the trained half's scale they would be one
+# flat colour, so they are drawn relative to their mean (per micro-layer), magnified.
+g_init, g_trained = gates["initial"], gates["trained"]
+dev = g_init - g_init.mean(axis=1, keepdims=True)
+lim = max(float(np.abs(dev).max()), 1e-12)
+expo = int(np.floor(np.log10(lim)))  # colour bar in units of 10^expo
+fig, axes = plt.subplots(2, 1, figsize=(20, 4.4 + 1.4 * cfg.depth), sharex=True)
+im0 = axes[0].imshow(dev / 10.0**expo, aspect="auto", cmap="RdBu_r", vmin=-lim / 10.0**expo, vmax=lim / 10.0**expo,
+                     interpolation="nearest")
+axes[0].set_title(f"initial parameters: every gate ≈ {g_init.mean():.4f}; colour = t minus the mean of its "
+                  "micro-layer (own scale, blue below, red above)", loc="left", fontsize=17)
+fig.colorbar(im0, ax=axes[0], pad=0.01, aspect=12).set_label(f"$(t - \\bar t_\\ell)\\,/\\,10^{{{expo}}}$")
+im1 = axes[1].imshow(g_trained, aspect="auto", cmap="magma", vmin=0.0, vmax=float(g_trained.max()),
+                     interpolation="nearest")
+axes[1].set_title("trained parameters: colour = mean transform gate t (own scale, from 0)", loc="left", fontsize=17)
+fig.colorbar(im1, ax=axes[1], pad=0.01, aspect=12).set_label("mean gate $t$")
+for ax in axes:
+    ax.set_yticks(range(cfg.depth), [f"ℓ = {l + 1}" for l in range(cfg.depth)], fontsize=16)
     ax.grid(False)
-axes[-1].set_xticks(range(len(labels)), labels, fontsize=11, family="monospace")
-axes[-1].tick_params(axis="x", length=0)
-fig.colorbar(im, ax=axes, label="mean transform gate $t$", shrink=0.9)
-fig.suptitle("Transform-gate activity per micro-layer along the text (cf. paper Fig. 5a)")
+axes[-1].set_xticks(range(len(labels)), labels, fontsize=18, family="monospace")
+axes[-1].tick_params(axis="x", length=0, pad=6)
+fig.suptitle("Transform-gate activity per micro-layer along the text (cf. paper Fig. 5a); ␣ = space, ↵ = new line")
 show(fig, "training-02-gate-heatmap")
 
 # %%

@@ -32,6 +32,7 @@ __all__ = [
     "show",
 ]
 
+# Also the style of the trainer's learning_curve.png (rhn_np.runs.plot_learning_curve).
 SLIDE_RC = {
     "font.size": 15,
     "axes.titlesize": 17,
@@ -99,6 +100,8 @@ def plot_discs(
     title=None,
     radii=None,
     fill_alpha=None,
+    eigenvalue_marker="x",
+    eigenvalue_label=None,
 ):
     """Geršgorin discs of one square matrix, its eigenvalues and the unit circle.
 
@@ -114,6 +117,10 @@ def plot_discs(
         printed Eq. 14 radii); the centres are always ``a_ii``
     fill_alpha : opacity of each disc's fill; by default it falls with n so that
         many overlapping discs stay see-through
+    eigenvalue_marker : marker of the eigenvalues (black; ``"x"`` by default)
+    eigenvalue_label : legend text of the eigenvalues; by default "eigenvalues", once
+        per axes. Give one (e.g. "(1) eigenvalues") to keep two matrices' eigenvalues
+        apart in the legend, next to their own discs.
     """
     import matplotlib.patches as mpatches
 
@@ -145,9 +152,11 @@ def plot_discs(
     ax.plot(np.real(centres), np.imag(centres), "o", color=color, ms=4, zorder=4)
     if eigenvalues:
         lam = theory.spectrum(Mh)
-        has = any(ln.get_label() == "eigenvalues" for ln in ax.lines)
+        if eigenvalue_label is None:
+            has = any(ln.get_label() == "eigenvalues" for ln in ax.lines)
+            eigenvalue_label = None if has else "eigenvalues"
         ms, mew = (8, 2) if n <= 16 else (6, 1.4)
-        ax.plot(lam.real, lam.imag, "x", color="k", ms=ms, mew=mew, zorder=6, label=None if has else "eigenvalues")
+        ax.plot(lam.real, lam.imag, eigenvalue_marker, color="k", ms=ms, mew=mew, zorder=6, label=eigenvalue_label)
     if unit_circle:
         _unit_circle(ax)
     ax.set_aspect("equal", adjustable="datalim")

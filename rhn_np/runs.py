@@ -25,6 +25,7 @@ import numpy as np
 from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import data as _data
+from . import plots as _plots
 from .config import Config
 from .tasks import LN2
 
@@ -166,35 +167,43 @@ def append_metrics(work_dir, record: dict) -> None:
 
 
 def plot_learning_curve(work_dir, path=None) -> str:
-    """Plot training and validation NLL (bits per char at char level) against steps."""
-    import matplotlib
+    """Plot training and validation NLL (bits per char at char level) against steps.
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn in the slide style of :mod:`rhn_np.plots` (``SLIDE_RC``: large fonts; 10 × 5.6 inches,
+    about 1300 × 730 pixels) on a figure of its own that pyplot never sees: it works under
+    any backend, without a display, and leaves the caller's backend, rcParams and open
+    figures as they were. Returns the path written (``work_dir/learning_curve.png`` by
+    default).
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     work_dir = os.fspath(work_dir)
     records = read_metrics(work_dir)
     level = next((r.get("level") for r in records if r.get("level")), "word")
     unit, scale = ("bits per character", 1.0 / LN2) if level == "char" else (
         ("NLL per time step (nats)", 1.0) if level == "frame" else ("NLL per token (nats)", 1.0))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    for split, style in (("train", "-"), ("valid", "o-")):
-        pts = [(r["step"], r["nll"] * scale) for r in records if r.get("split") == split and r.get("nll") is not None]
-        if pts:
-            # A resumed run re-logs nothing, but keep only the last record per step.
-            d = dict(pts)
-            steps = sorted(d)
-            label = "train (mean since the previous point)" if split == "train" else "valid (dropout off)"
-            ax.plot(steps, [d[k] for k in steps], style, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(unit)
-    ax.set_title(f"learning curve: {os.path.basename(os.path.abspath(work_dir))}")
-    ax.grid(alpha=0.3)
-    ax.legend()
     path = os.path.join(work_dir, "learning_curve.png") if path is None else os.fspath(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with matplotlib.rc_context(_plots.SLIDE_RC):  # rcParams are read while drawing and saving: both inside
+        fig = Figure(figsize=(10, 5.6), layout="constrained")
+        FigureCanvasAgg(fig)  # Agg whatever pyplot's backend is
+        ax = fig.add_subplot()
+        for split, style in (("train", "-"), ("valid", "o-")):
+            pts = [(r["step"], r["nll"] * scale) for r in records
+                   if r.get("split") == split and r.get("nll") is not None]
+            if pts:
+                # A resumed run re-logs nothing, but keep only the last record per step.
+                d = dict(pts)
+                steps = sorted(d)
+                label = "train (mean since the previous point)" if split == "train" else "valid (dropout off)"
+                ax.plot(steps, [d[k] for k in steps], style, label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(unit)
+        ax.set_title(f"learning curve: {os.path.basename(os.path.abspath(work_dir))}")
+        if ax.lines:
+            ax.legend(loc="best")
+        fig.savefig(path, dpi=130, format="png")
     return path
 
 

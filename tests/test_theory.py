@@ -575,6 +575,30 @@ def test_plot_mistakes_found_by_a_lecturer(tmp_path, monkeypatch):
     plt.close("all")
 
 
+def test_two_matrices_on_one_axes_keep_their_legend_groups():
+    """Figure 2: each initialisation's discs and eigenvalues together in the legend, the
+    unit circle after both (it used to sit between them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rhn_np import plots
+
+    M = np.array([[0.5, 0.2], [-0.1, -0.3]])
+    ax = plt.figure().gca()
+    plots.plot_discs(M, ax, color="C0", label="(1) discs", unit_circle=False, eigenvalue_label="(1) eigenvalues")
+    plots.plot_discs(M + 1, ax, color="C3", label="(2) discs", eigenvalue_marker="+", eigenvalue_label="(2) eigenvalues")
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["(1) discs", "(1) eigenvalues", "(2) discs", "(2) eigenvalues", "unit circle |λ| = 1"]
+    assert [h.get_marker() for h in handles if "eigenvalues" in h.get_label()] == ["x", "+"]
+    ax2 = plt.figure().gca()  # by default: one "eigenvalues" entry for all matrices, as before
+    plots.plot_discs(M, ax2)
+    plots.plot_discs(M + 1, ax2, color="C1")
+    assert ax2.get_legend_handles_labels()[1].count("eigenvalues") == 1
+    plt.close("all")
+
+
 def test_adam_checks_the_params_before_changing_anything():
     from rhn_np import optim
 

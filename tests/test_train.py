@@ -293,6 +293,43 @@ def test_metrics_file_and_learning_curve(tiny, tmp_path):
     assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "best.npz").exists()
 
 
+def test_learning_curve_is_a_slide_and_leaves_matplotlib_alone(tmp_path):
+    """learning_curve.png in the slide style (large figure, large fonts), drawn without
+    pyplot: the caller's backend, rcParams and open figures are as they were."""
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from rhn_np import runs
+
+    for k, split in enumerate(["train", "valid"] * 3):
+        runs.append_metrics(tmp_path, {"split": split, "step": 10 * (k // 2 + 1), "nll": 2.0 - 0.1 * k, "level": "char"})
+    before_backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the old code switched to Agg behind the caller's back
+    try:
+        plt.figure()
+        figs_before = plt.get_fignums()
+        rc_before = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+        path = runs.plot_learning_curve(tmp_path)
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figs_before
+        assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == rc_before
+    finally:
+        plt.close("all")
+        matplotlib.use(before_backend)
+    png = pathlib.Path(path).read_bytes()
+    assert path == str(tmp_path / "learning_curve.png") and png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 1200 and height >= 650, (width, height)  # was 640 x 400
+    # No records (a run stopped before its first evaluation): an empty plot, no legend warning.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert os.path.exists(runs.plot_learning_curve(empty, path=empty / "lc.png"))
+
+
 def test_lr_schedule_follows_the_authors(tiny, tmp_path):
     """Constant for max_epoch epochs, then divided by lr_decay every epoch."""
     cfg = tiny_cfg(max_steps=None, epochs=4, max_epoch=2, lr=0.4, lr_decay=2.0, eval_every=None)
