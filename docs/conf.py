@@ -80,6 +80,11 @@ os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 NOTEBOOK_SOURCES = ROOT / "notebooks"
 NOTEBOOK_OUT = DOCS / "notebooks"  # only *.ipynb in here: ignored by git
+# Notebooks the site always shows in full mode, even in a build with RHN_FAST=1: the
+# training notebook, so that the site shows a trained model (about three minutes more).
+# A hidden first cell (tag remove-cell) sets RHN_FAST=0 for its kernel. RHN_DOCS_FULL
+# overrides the list (comma-separated names; empty: none).
+FULL_MODE = tuple(n for n in os.environ.get("RHN_DOCS_FULL", "training").split(",") if n)
 
 
 def _sync_notebooks() -> None:
@@ -93,6 +98,11 @@ def _sync_notebooks() -> None:
         nb = jupytext.read(src, fmt="py:percent")
         nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
         nb.metadata.pop("jupytext", None)
+        if src.stem in FULL_MODE:
+            cell = nbformat.v4.new_code_cell('import os\nos.environ["RHN_FAST"] = "0"  # the site shows this notebook in full mode')
+            cell.metadata["tags"] = ["remove-cell"]
+            cell["id"] = "docs-full-mode"  # fixed, so an unchanged notebook is not rewritten
+            nb.cells.insert(0, cell)
         text = nbformat.writes(nb) + "\n"
         out = NOTEBOOK_OUT / f"{src.stem}.ipynb"
         wanted.add(out.name)

@@ -200,6 +200,48 @@ def _sample(args) -> int:
     return 0
 
 
+def _assignments(args) -> int:
+    from . import assignments as A  # nbgrader and jupytext are imported only when used (the assignments extra)
+
+    if args.action == "list":
+        for name, (title, covers) in A.ASSIGNMENTS.items():
+            rows = A.parts(name)
+            auto = sum(r["points"] for r in rows if r["graded"] == "auto")
+            hand = sum(r["points"] for r in rows if r["graded"] == "hand")
+            print(f"{name}: {title} ({covers}); {auto:g} points auto-graded" + (f" + {hand:g} by hand" if hand else ""))
+            print("    " + ", ".join(f"{r['part']} {r['points']:g}" + (" (by hand)" if r["graded"] == "hand" else "")
+                                   for r in rows))
+        return 0
+    if args.action in ("release", "source"):
+        if args.action == "release":
+            paths = A.release(args.out, args.only, force=args.force)
+        else:
+            paths = A.write_sources(args.out, args.only, force=args.force)
+        for path in paths:
+            print(path)
+        kind = "student notebooks (solutions removed, hidden tests held back)" if args.action == "release" else \
+            "instructor notebooks (solutions and hidden tests; an nbgrader course's source/ folder)"
+        print(f"wrote {len(paths)} {kind} under {args.out}")
+        return 0
+    if (args.notebook is None) == (not args.solutions):
+        raise ValueError("give one NOTEBOOK to grade, or --solutions (not both)")
+    if args.notebook is not None:
+        print(A.report(A.grade(args.notebook, timeout=args.timeout)))
+        return 0
+    results = A.grade_solutions(timeout=args.timeout)
+    for name, res in results.items():
+        hand = f" (+ {res['hand_points']:g} graded by hand)" if res["hand_points"] else ""
+        print(f"{name}: {res['score']:g} / {res['max_score']:g}{hand}")
+    short = [name for name, res in results.items() if not A.full_marks(res)]
+    if short:
+        for name in short:
+            print(A.report(results[name]), file=sys.stderr)
+        print(f"solutions that lose marks: {', '.join(short)}", file=sys.stderr)
+        return 1
+    print("all solutions score full marks")
+    return 0
+
+
 class _Help(argparse.HelpFormatter):
     """Shows an option's default where it has a real one and the help does not say it."""
 
@@ -265,6 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best: the best validation so far (best.npz); latest: the last save (checkpoint.npz)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "auto"), help="array backend")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser(
+        "assignments", help="auto-graded assignments (nbgrader): release the student notebooks, grade them",
+        description="Four notebooks a student completes, auto-graded with nbgrader: the micro-layer (Eqs. 6-9), BPTT "
+                    "over a window, the step Jacobian and its Gersgorin discs (Eq. 15 written, graded by hand), the "
+                    "DT-RNN backward. Needs the assignments extra: pip install 'rhn-np[assignments]'.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("list", help="the assignments, their parts and points")
+    for action, text in (("release", "write the student notebooks OUT/<name>/<name>.ipynb through nbgrader generate_assignment"),
+                         ("source", "write the instructor notebooks (solutions, hidden tests) for an nbgrader course")):
+        a = actions.add_parser(action, help=text, formatter_class=_Help)
+        a.add_argument("out", metavar="OUT", help="folder to write into")
+        a.add_argument("--only", action="append", metavar="NAME", help="this assignment only (repeatable; default: all)")
+        a.add_argument("--force", action="store_true", help="replace notebooks that exist in OUT")
+    a = actions.add_parser("grade", help="autograde a completed notebook (or, --solutions, the instructor versions)",
+                           formatter_class=_Help,
+                           description="Autograde one completed notebook with nbgrader (in a temporary course folder) "
+                                       "and print its parts and 'score X / Y' (auto-graded points; a written answer is "
+                                       "graded by hand and reported apart). --solutions grades the instructor versions "
+                                       "of all assignments and exits non-zero unless they score full marks.")
+    a.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="the student's .ipynb (or a py:percent .py)")
+    a.add_argument("--solutions", action="store_true", help="grade the instructor versions of all assignments")
+    a.add_argument("--timeout", type=_int_at_least(1), default=120, help="nbgrader's limit per notebook cell, seconds")
+    p.set_defaults(func=_assignments)
     return parser
 
 
