@@ -81,7 +81,7 @@ print("fast mode" if FAST else "full mode")
 T0_NOTEBOOK = time.perf_counter()
 
 # %% [markdown]
-# ### The layer we check
+# ## The layer we check
 #
 # One configuration of the layer is a `Case`: the window length $T$, batch $B$, input
 # width, number of units $n$, recurrence depth $L$, coupled or uncoupled carry gate,

@@ -3,17 +3,13 @@ r"""Auto-graded assignments: the layer's maths as notebooks a student completes,
 Four assignments, each one notebook (``sources/<name>.py``, jupytext ``py:percent``, with
 nbgrader's cell metadata in the cell headers):
 
-=================  ===========================================================  ==========
-name               what the student writes                                      points
-=================  ===========================================================  ==========
-micro_layer        the micro-layer's forward and backward (Eqs. 6-9)             10
-bptt               BPTT over a window: one step, the time loop, the weight         10
-                   gradients, the gradient from the next window (``ds_last``)
-jacobian           a micro-layer's Jacobian (Eqs. 10-13), the step Jacobian,      8 + 2
-                   Geršgorin discs (Eq. 4); a written answer on Eq. 15's limits   by hand
-dtrnn_backward     the DT-RNN / DT(S)-RNN backward: micro-layer, step, shortcut,   10
-                   window
-=================  ===========================================================  ==========
+* ``micro_layer`` (10 points): the micro-layer's forward and backward (Eqs. 6-9);
+* ``bptt`` (10): BPTT over a window: one step, the time loop, the weight gradients, the
+  gradient from the next window (``ds_last``);
+* ``jacobian`` (8, and 2 graded by hand): a micro-layer's Jacobian (Eqs. 10-13), the step
+  Jacobian, Geršgorin discs (Eq. 4); a written answer on Eq. 15's limits;
+* ``dtrnn_backward`` (10): the DT-RNN / DT(S)-RNN backward: micro-layer, step, shortcut,
+  window.
 
 Each part is its own graded test cell: visible tests first, then hidden tests (nbgrader's
 ``### BEGIN HIDDEN TESTS``) that compare the student's functions with the reference
