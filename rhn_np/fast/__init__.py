@@ -101,19 +101,21 @@ def resolve(impl: str, xs, *, cuda: bool = True, numpy_gates: bool = True) -> st
     kind = _backend.name_of(xs)
     if kind == "cupy":
         ok = cuda
-        why = "this cell has no CUDA kernels: use impl='reference' (or 'auto')"
     elif kind == "numpy":
         ok = uses_compiled() or (impl == "fast" and numpy_gates)
-        why = ("this cell's fast path on NumPy is the compiled one, and it is "
-               f"{compiled_status()[1] if _cpu_variant == 'compiled' else 'switched off (set_cpu_kernels)'}: "
-               "use impl='reference' (or 'auto')")
     else:
-        ok, why = False, "impl='fast' needs NumPy or CuPy arrays"
+        ok = False
     if impl == "auto":
         return "fast" if ok else "reference"
-    if not ok:
-        raise ValueError(why)
-    return "fast"
+    if ok:
+        return "fast"
+    if kind == "cupy":
+        raise ValueError("this cell has no CUDA kernels: use impl='reference' (or 'auto')")
+    if kind == "numpy":
+        state = compiled_status()[1] if _cpu_variant == "compiled" else "switched off (set_cpu_kernels)"
+        raise ValueError(f"this cell's fast path on NumPy is the compiled one, and it is {state}: "
+                         "use impl='reference' (or 'auto')")
+    raise ValueError("impl='fast' needs NumPy or CuPy arrays")
 
 
 def set_cuda_kernels(variant: str) -> str:
@@ -152,6 +154,15 @@ def _empty(xp, shape, dtype, dev):
     return xp.empty(shape, dtype=dtype, device=dev)
 
 
+def _window(x, coupled, m_s, B, n):
+    """What the fast forward and backward of a window share: the namespace, the gate
+    kernels, the device and the state mask (ones without dropout), for arrays like ``x``."""
+    xp, dev = _backend.namespace(x), _backend.device_of(x)
+    k = gate_kernels(x, coupled)
+    mask = xp.ones((B, n), dtype=x.dtype, device=dev) if m_s is None else k.contiguous(m_s)
+    return xp, k, dev, mask
+
+
 def forward(W, R, b, xs, s0, m_x, m_s, coupled):
     """Fast forward on fused weights; arguments already checked by :func:`rhn_np.rhn.forward`.
 
@@ -161,14 +172,11 @@ def forward(W, R, b, xs, s0, m_x, m_s, coupled):
     T, B, n_in = xs.shape
     depth, n, kn = R.shape
     dtype = xs.dtype
-    xp = _backend.namespace(xs)
-    k = gate_kernels(xs, coupled)
-    dev = _backend.device_of(xs)
+    xp, k, dev, mask = _window(xs, coupled, m_s, B, n)
 
     x_in = xs if m_x is None else xs * m_x
     # Input projection of all T steps in one product; micro-layer 1's bias folded in.
     a_x = xp.reshape(k.matmul(xp.reshape(x_in, (T * B, n_in)), W), (T, B, kn)) + b[0, ...]  # (T, B, k·n)
-    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
 
     S = _empty(xp, (depth, T, B, n), dtype, dev)
     Hs = _empty(xp, (depth, T, B, n), dtype, dev)
@@ -192,11 +200,8 @@ def backward(W, R, gates, xs, m_x, m_s, dys, ds_last, coupled):
     T, B, n_in = xs.shape
     depth, n, kn = R.shape
     dtype = dys.dtype
-    xp = _backend.namespace(dys)
-    k = gate_kernels(dys, coupled)
-    dev = _backend.device_of(dys)
+    xp, k, dev, mask = _window(dys, coupled, m_s, B, n)
     S, Hs, Ts, Cs = gates["s_in"], gates["h"], gates["t"], gates["c"]
-    mask = xp.ones((B, n), dtype=dtype, device=dev) if m_s is None else k.contiguous(m_s)
     dys = k.contiguous(dys)
     dA = _empty(xp, (depth, T, B, kn), dtype, dev)
     # ∂L/∂s of a micro-layer's input = ds_carry + (∂L/∂a @ Rᵀ) ⊙ m_s: kept as its two parts,
