@@ -100,6 +100,8 @@ def count_params(cell, n_in, n, depth, n_out, *, layers=1, coupled=True, embeddi
     inputs, the others ``n``), an output layer ``W_out (n, n_out)`` (none when ``tied``),
     ``b_out (n_out,)``, and ``embedding`` more (an embedding's V·n_emb)."""
     c = get(cell)
+    layers = checks.positive_int("layers", layers)
+    coupled, tied = checks.flag("coupled", coupled), checks.flag("tied", tied)
     total = c.count(n_in, n, depth, coupled=coupled) + (layers - 1) * c.count(n, n, depth, coupled=coupled)
     return total + (0 if tied else n * n_out) + n_out + embedding
 
@@ -118,6 +120,7 @@ def matched_width(cell, depth, n_in, n_out, budget, *, layers=1, coupled=True, c
     """
     depth = checks.positive_int("depth", depth)
     budget = checks.positive_int("budget (number of parameters)", budget)
+    layers, coupled = checks.positive_int("layers", layers), checks.flag("coupled", coupled)
     if count is None:
         get(cell)
         n_in, n_out = checks.positive_int("n_in", n_in), checks.positive_int("n_out", n_out)

@@ -10,7 +10,10 @@ Sections: numbers; arrays; a cell's parameters (any cell, described by its
 language model's heads and masks; optimisers; theory; gradient checks; data.
 
 Checks that need the values of an array (NaN, ranges, 0/1) run only where the array
-lives on the host: on a GPU they would force a synchronisation every call.
+lives on the host: on a GPU they would force a synchronisation every call. Parameters
+are read in full (:func:`finite_params`) only where a model is loaded, evaluated or
+analysed, not on every training window. NumPy array subclasses other than
+``numpy.memmap`` are refused wherever an array comes in (:func:`plain`: a type check).
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ __all__ = [
     "is_array",
     "array",
     "finite",
+    "NonFinite",
+    "plain",
+    "finite_params",
+    "seed",
+    "representable",
     "cell_params",
     "window_inputs",
     "step_inputs",
@@ -86,9 +94,75 @@ def finite_real(name, value) -> float:
 
 
 def flag(name, value) -> bool:
+    """``value`` as a bool: True or False (NumPy's bool too); a string such as ``'no'`` or a
+    number is refused, since ``bool('no')`` is True."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def seed(name, value) -> np.random.Generator:
+    """The host generator of ``value``: a ``numpy.random.Generator`` (used as it is,
+    advanced in place) or a seed, an integer >= 0 (NumPy integers accepted; bools,
+    floats, strings and None refused: None would draw a fresh seed every call)."""
+    if isinstance(value, np.random.Generator):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= 0 or a numpy.random.Generator, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (NumPy's seeds are non-negative), got {value}")
+    return _backend.host_rng(int(value))
+
+
+_LIMITS: dict = {}
+
+
+def _limits(dtype):
+    """``(name, largest, smallest normal)`` of a float dtype, cached (checks on every
+    optimiser step read them). The key leads with the dtype's type, so that dtypes of
+    different backends are never compared with each other."""
+    key = (type(dtype), dtype)
+    try:
+        got = _LIMITS.get(key)
+    except TypeError:  # an unhashable dtype description
+        key, got = None, None
+    if got is None:
+        name = _backend.float_dtype_name(dtype)
+        info = np.finfo(name)
+        got = (name, float(info.max), float(info.tiny))
+        if key is not None:
+            _LIMITS[key] = got
+    return got
+
+
+def representable(name, value, dtype, *, limit=None) -> float:
+    """``value`` (a finite float) stays finite once stored as ``dtype`` ("float32" or
+    "float64"): ``|value| <=`` the dtype's largest number (or ``limit``, when smaller)."""
+    dtype_name, big, _ = _limits(dtype)
+    big = big if limit is None else min(big, limit)
+    if abs(value) > big:
+        raise ValueError(f"{name} must lie within ±{big:.4g}, got {value!r}: it would overflow {dtype_name} and "
+                         "become infinite")
+    return value
+
+
+def nonzero_in(name, value, dtype) -> float:
+    """``value`` > 0 stays > 0 once cast to ``dtype`` (it is not below the dtype's smallest
+    normal number: Adam's ``eps`` of 1e-50 would become 0 in float32, and a zero gradient
+    would then divide 0 by 0)."""
+    dtype_name, _, tiny = _limits(dtype)
+    if 0 < value < tiny:
+        raise ValueError(f"{name} must be >= {tiny:.4g} with {dtype_name} parameters, got {value!r}: it would round "
+                         "to 0")
+    return value
+
+
+def init_scale(value, dtype, name="init_scale") -> float:
+    """``init_scale`` of a uniform U(-init_scale, init_scale) draw: a finite number >= 0
+    whose range, ``2·init_scale``, is a float64 and whose draws fit ``dtype``."""
+    value = number(name, value)
+    return representable(name, value, dtype, limit=float(np.finfo(np.float64).max) / 2)
 
 
 # ----------------------------------------------------------------------------
@@ -98,15 +172,44 @@ def is_array(a) -> bool:
     return _backend.name_of(a) in ("numpy", "cupy", "array_api_strict") or hasattr(a, "__array_namespace__")
 
 
+def plain(name, a):
+    """``a`` is not a NumPy array subclass whose arithmetic differs from an array's.
+
+    The rule, the same at every entry point: plain ``numpy.ndarray`` (and
+    ``numpy.memmap``, an ndarray backed by a file) pass; every other subclass is a
+    ``TypeError`` -- ``numpy.matrix``, where ``*`` is a matrix product and rows stay 2-D,
+    would give wrong states without an error, and a masked array's mask would be
+    ignored by the compiled paths. A type check only (no data is read): it costs the
+    same for any size. None and other types pass (the caller's own checks name them).
+    """
+    if type(a) is not np.ndarray and isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
+        fix = (f"{name}.filled(value) gives a plain array with the masked entries set"
+               if isinstance(a, np.ma.MaskedArray) else f"np.asarray({name}) gives the plain array")
+        raise TypeError(f"{name} is a {type(a).__module__}.{type(a).__name__}, a NumPy array subclass; rhn_np takes "
+                        f"plain arrays (numpy.ndarray) only, because a subclass's operators may differ (in "
+                        f"numpy.matrix, * is a matrix product): {fix}")
+
+
+def plain_all(names, *arrays):
+    """:func:`plain` of each array, named by the words of ``names`` in order
+    (``plain_all("ys W_out", ys, W_out)``); plain arrays cost one type check each."""
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray:
+            for name, b in zip(names.split(), arrays):
+                plain(name, b)
+            return
+
+
 def array(xp, name, a, shape, dtype, required=False):
-    """``a`` is an array of ``shape`` and ``dtype`` on the backend of ``xp`` (None allowed
-    unless ``required``)."""
+    """``a`` is a plain array (:func:`plain`) of ``shape`` and ``dtype`` on the backend of
+    ``xp`` (None allowed unless ``required``; ``xp`` None: any backend)."""
     if a is None:
         if required:
             raise TypeError(f"{name} must be an array of shape {tuple(shape)}, got None")
         return
     if not is_array(a):
         raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    plain(name, a)
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
     if xp is not None and _backend.name_of(a) != _backend.xp_name(xp):
@@ -120,10 +223,48 @@ def array(xp, name, a, shape, dtype, required=False):
                         "has the parameters' dtype)")
 
 
-def finite(xp, name, a):
-    """No NaN or infinity in ``a`` (checked on host arrays only)."""
-    if a is not None and _backend.name_of(a) == "numpy" and not bool(xp.all(xp.isfinite(a))):
-        raise ValueError(f"{name} contains NaN or infinity")
+class NonFinite(ValueError):
+    """An array holds NaN or infinity: a ``ValueError`` of its own class, so that the trainer
+    can tell a diverged run (a NaN state or gradient of a window) from a wrong argument."""
+
+
+def finite(xp, name, a, hint=""):
+    """No NaN or infinity in ``a`` (checked on host arrays only; ``hint`` ends the message)."""
+    if a is not None and _backend.name_of(a) == "numpy" and not bool(np.all(np.isfinite(a))):
+        raise NonFinite(f"{name} contains NaN or infinity{hint}")
+
+
+#: The end of the message of a NaN state: where it usually comes from.
+STATE_HINT = ("; a state turns NaN when the parameters hold NaN or infinity (a diverged run) or the inputs did "
+              "earlier: check the parameters with rhn_np.checks.finite_params(params)")
+
+
+def mask_values(name, m):
+    """A dropout mask (host arrays only): finite and >= 0 (it holds 0 and 1/keep)."""
+    if m is None or _backend.name_of(m) != "numpy" or not m.size:
+        return
+    if not (m.min() >= 0.0 and m.max() < np.inf):  # two reductions, no temporary; a NaN fails both
+        what = ": a dropout mask holds 0 (dropped) and 1/keep (kept), as rhn_np.lm.draw_masks draws them"
+        if not bool(np.all(np.isfinite(m))):
+            raise NonFinite(f"{name} contains NaN or infinity{what}")
+        raise ValueError(f"{name} contains negative values{what}")
+
+
+def finite_params(params, what="params", where=""):
+    """No NaN or infinity in any array of a parameter dict, the first bad key named
+    (``what[key]``, then ``where``, e.g. " in run/best.npz"). Reads every value: it runs
+    where a model is loaded, checked or evaluated, not on every training window. Any
+    backend (one device sync per array)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{what} must be a dict name -> array, got {type(params).__name__}")
+    for k, a in params.items():
+        if not is_array(a):
+            raise TypeError(f"{what}[{k!r}] must be an array, got {type(a).__name__}")
+        plain(f"{what}[{k!r}]", a)
+        xp = _backend.namespace(a)
+        if not bool(xp.all(xp.isfinite(a))):
+            raise NonFinite(f"{what}[{k!r}] contains NaN or infinity{where}: a diverged run or damaged weights "
+                            "(a run's earlier checkpoint, or a smaller learning rate, may help)")
 
 
 # ----------------------------------------------------------------------------
@@ -165,6 +306,7 @@ def cell_params(params, *, cell, shapes, anchor, variant_keys, build, other_cell
     for k in expected:
         if not is_array(params[k]):
             raise TypeError(f"params[{k!r}] must be an array, got {type(params[k]).__name__}")
+        plain(f"params[{k!r}]", params[k])
     xp = _backend.namespace(*params.values())
     W_key, R_key = anchor
     R = params[R_key]
@@ -203,6 +345,8 @@ def masks(xp, masks, B, n_in, n, dtype):
     m_x, m_s = masks.get("x"), masks.get("s")
     array(xp, "masks['x']", m_x, (B, n_in), dtype)
     array(xp, "masks['s']", m_s, (B, n), dtype)
+    mask_values("masks['x']", m_x)
+    mask_values("masks['s']", m_s)
     return m_x, m_s
 
 
@@ -214,6 +358,7 @@ def window_inputs(xp, n_in, n, dtype, params, xs, s0, m):
 
     Returns ``xp, T, B, m_x, m_s`` (``xp`` of all arrays together: mixed backends raise).
     """
+    plain("xs", xs)
     if not hasattr(xs, "shape") or len(xs.shape) != 3:
         raise ValueError(f"xs must have shape (T, B, n_in), got {getattr(xs, 'shape', type(xs).__name__)}")
     T, B = xs.shape[0], xs.shape[1]
@@ -228,17 +373,35 @@ def window_inputs(xp, n_in, n, dtype, params, xs, s0, m):
     m_x, m_s = masks(xp, m, B, n_in, n, dtype)
     xp = _backend.namespace(*params.values(), xs, s0, m_x, m_s)  # mixed backends -> TypeError
     finite(xp, "xs", xs)
-    finite(xp, "s0", s0)
+    finite(xp, "s0", s0, STATE_HINT)
     return xp, T, B, m_x, m_s
 
 
-def step_inputs(module, x, s_prev):
-    """``x (B, n_in)`` and ``s_prev (B, n)`` of a cell's ``step_forward``."""
+def step_inputs(module, x, s_prev, dims=None, names=("x", "s_prev")):
+    """``x (B, n_in)`` and ``s_prev (B, n)`` of a cell's ``step_forward``, under the names
+    ``names`` (the calling function's own); ``module`` is the cell's module name, or the
+    window function to suggest (``"theory.rnn_forward"``). With ``dims = (xp, n_in, n, dtype)`` (the
+    cell's checked params) every check of the window's ``forward`` runs here first, so
+    that no message names the window's ``xs`` or ``s0``."""
+    x_name, s_name = names
+    plain(x_name, x)
+    plain(s_name, s_prev)
     if not hasattr(x, "shape") or len(x.shape) != 2:
-        raise ValueError(f"x must be one step's input of shape (B, n_in), got {getattr(x, 'shape', type(x).__name__)}; "
-                         f"for a window of T steps use {module}.forward (or theory.sequence_jacobians)")
+        window = module if "." in module else f"{module}.forward (or theory.sequence_jacobians)"
+        raise ValueError(f"{x_name} must be one step's input of shape (B, n_in), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}; for a window of T steps use {window}")
     if hasattr(s_prev, "shape") and tuple(s_prev.shape[:1]) != tuple(x.shape[:1]):
-        raise ValueError(f"s_prev has shape {tuple(s_prev.shape)} but x has {x.shape[0]} rows (B): s_prev must be (B, n)")
+        raise ValueError(f"{s_name} has shape {tuple(s_prev.shape)} but {x_name} has {x.shape[0]} rows (B): "
+                         f"{s_name} must be (B, n)")
+    if dims is not None:
+        xp, n_in, n, dtype = dims
+        B = x.shape[0]
+        if B < 1:
+            raise ValueError(f"{x_name} must have B >= 1 rows, got shape {tuple(x.shape)}")
+        array(xp, x_name, x, (B, n_in), dtype, required=True)
+        array(xp, s_name, s_prev, (B, n), dtype, required=True)
+        finite(xp, x_name, x)
+        finite(xp, s_name, s_prev, STATE_HINT)
 
 
 def cache_matches(cache, now, module):
@@ -264,16 +427,24 @@ def step_cache(cache, module):
     return cache["dims"][1], cache["dims"][3]
 
 
-def step_grad(ds, B, n):
+def step_grad(ds, B, n, dtype=None):
+    """``ds (B, n)`` of a cell's ``step_backward`` (of ``dtype``, the cache's, when given)."""
+    plain("ds", ds)
     if not hasattr(ds, "shape") or tuple(ds.shape) != (B, n):
         raise ValueError(f"ds must have shape (B, n) = {(B, n)}, got {getattr(ds, 'shape', type(ds).__name__)}")
+    if dtype is not None:
+        array(None, "ds", ds, (B, n), dtype, required=True)
+        finite(np, "ds", ds)
 
 
 def window_grads(xp, params, cache, dys, ds_last, T, B, n, dtype):
     """``dys (T, B, n)`` and ``ds_last (B, n)`` of a cell's ``backward``; returns ``xp``."""
     array(xp, "dys", dys, (T, B, n), dtype, required=True)
     array(xp, "ds_last", ds_last, (B, n), dtype)
-    return _backend.namespace(*params.values(), dys, ds_last, cache["xs"])
+    xp = _backend.namespace(*params.values(), dys, ds_last, cache["xs"])
+    finite(xp, "dys", dys)
+    finite(xp, "ds_last", ds_last)
+    return xp
 
 
 def impl(impl, xs):
@@ -296,6 +467,13 @@ def keep(name, keep) -> float:
     return float(keep)
 
 
+def drop(name, drop) -> float:
+    """A dropout probability in [0, 1) (``drop = 1 - keep``), as the configs give them."""
+    if not (is_real(drop) and 0.0 <= drop < 1.0):
+        raise ValueError(f"{name} must be a drop probability in [0, 1), got {drop!r}")
+    return float(drop)
+
+
 def lm_masks(masks, allowed, shapes, dtype):
     """The LM's masks under their own names: keys among ``allowed``, shapes as in
     ``shapes`` (key -> tuple of allowed shapes), the parameters' dtype."""
@@ -308,17 +486,21 @@ def lm_masks(masks, allowed, shapes, dtype):
         m = masks.get(key)
         if m is None:
             continue
+        plain(f"masks[{key!r}]", m)
         if tuple(getattr(m, "shape", ())) not in ok:
             want = f"(T, B, 1) = {ok[0]} (one bit per token: lm.draw_masks)" if key == "x" else ok[0]
             raise ValueError(f"masks[{key!r}] has shape {tuple(getattr(m, 'shape', ()))}, expected {want}")
         if m.dtype != dtype:
             raise TypeError(f"masks[{key!r}] is {m.dtype} but the parameters are {dtype}: draw the masks with "
                             f"dtype='{dtype}' (lm.draw_masks(..., dtype=...))")
+        mask_values(f"masks[{key!r}]", m)
 
 
 def head(params, n, dtype):
     """``W_out`` (n, V) and ``b_out`` (V,) fit the last layer (and ``E``), in the parameters' dtype."""
     W_out = params.get("W_out")
+    plain("params['W_out']", W_out)
+    plain("params['b_out']", params["b_out"])
     if W_out is not None:
         V = params["E"].shape[0] if "E" in params else (W_out.shape[-1] if getattr(W_out, "ndim", 0) == 2 else None)
         if V is None or tuple(W_out.shape) != (n, V):
@@ -381,6 +563,7 @@ def vocab_shape(vocab_shape, dX, ids):
 
 
 def embedding(E, n_in, dtype, tied, n):
+    plain("params['E']", E)
     if tied and E.shape[1] != n:
         raise ValueError(f"a tied model (no 'W_out') needs n_emb == n, got E {tuple(E.shape)} and n={n}")
     if len(E.shape) != 2 or E.shape[1] != n_in or E.dtype != dtype:
@@ -409,6 +592,7 @@ def time_major(name, a, s0):
 
 def ids(xp, name, ids, vocab):
     """Integer token ids ``(T, B)`` in ``[0, vocab)``."""
+    plain(name, ids)
     if not hasattr(ids, "shape") or len(ids.shape) != 2:
         raise ValueError(f"{name} must have shape (T, B), got {getattr(ids, 'shape', type(ids).__name__)}")
     if not xp.isdtype(ids.dtype, "integral"):
@@ -427,6 +611,7 @@ def host_ids(ids_host, vocab):
 
 
 def targets(xp, logits, targets):
+    plain("logits", logits)
     if len(logits.shape) != 3:
         raise ValueError(f"logits must have shape (T, B, V), got {tuple(logits.shape)}")
     if tuple(targets.shape) != tuple(logits.shape[:2]):
@@ -435,6 +620,7 @@ def targets(xp, logits, targets):
 
 
 def binary_targets(logits, targets, step_mask):
+    plain_all("logits targets step_mask", logits, targets, step_mask)
     if len(logits.shape) != 3 or tuple(targets.shape) != tuple(logits.shape):
         raise ValueError(f"logits and targets must both have shape (T, B, K), got {tuple(logits.shape)} and "
                          f"{tuple(targets.shape)}")
@@ -444,11 +630,25 @@ def binary_targets(logits, targets, step_mask):
     if _backend.name_of(targets) == "numpy" and not bool(np.all((targets == 0) | (targets == 1))):
         raise ValueError("targets must be 0 or 1 (a key is off or on); got other values, e.g. "
                          f"{np.unique(targets[(targets != 0) & (targets != 1)])[:5].tolist()}: binarise them first")
+    token_weights("step_mask", step_mask)
 
 
 def weights(w, T, B):
+    plain("weights", w)
     if w is not None and tuple(w.shape) != (T, B):
         raise ValueError(f"weights must have shape (T, B) = {(T, B)}, got {tuple(w.shape)}")
+    token_weights("weights", w)
+
+
+def token_weights(name, w):
+    """Per-token weights or a step mask (host arrays only): finite and >= 0."""
+    if w is None or _backend.name_of(w) != "numpy" or w.dtype == np.bool_ or not w.size:
+        return
+    if not (w.min() >= 0 and w.max() < np.inf):  # a NaN fails both
+        what = ": each token's weight in the loss is >= 0 (0 leaves it out, e.g. padding)"
+        if not bool(np.all(np.isfinite(w))):
+            raise NonFinite(f"{name} contains NaN or infinity{what}")
+        raise ValueError(f"{name} contains negative values{what}")
 
 
 # ----------------------------------------------------------------------------
@@ -460,6 +660,8 @@ def grads_dict(name, d):
         raise TypeError(f"{name} must be a dict name -> array, got {type(d).__name__}{hint}")
     if not d:
         raise ValueError(f"{name} is empty")
+    for k, a in d.items():
+        plain(f"{name}[{k!r}]", a)
 
 
 def same_keys(grads, params, what="grads"):
@@ -505,8 +707,8 @@ def coupled(params, what):
 
 
 def nonnegative(name, value):
-    if not (is_real(value) and value >= 0):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not (is_real(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, and finite, got {value!r}")
     return value
 
 
@@ -519,6 +721,76 @@ def sequence(name, xs):
 def square(name, M):
     if M.ndim < 2 or M.shape[-1] != M.shape[-2]:
         raise ValueError(f"{name} must be square in its last two axes, got shape {tuple(M.shape)}")
+
+
+def matrices(name, M, *, square_=True, ndim=None):
+    """A (stack of) matrix ``(..., m, n)`` for the theory's linear algebra: an array (not
+    None, not a subclass), at least 2-D (exactly ``ndim``-D when given), no empty axis,
+    square in its last two axes (``square_``) and, on the host, finite -- what LAPACK
+    and the reductions would otherwise refuse with their own messages."""
+    if M is None or not (is_array(M) or isinstance(M, (list, tuple))):
+        raise TypeError(f"{name} must be an array of shape (..., n, n), got {type(M).__name__}")
+    plain(name, M)
+    shape = tuple(np.shape(M)) if isinstance(M, (list, tuple)) else tuple(M.shape)
+    want = "(n, n)" if ndim == 2 else "(T, B, n, n)" if ndim == 4 else "(..., n, n)"
+    if len(shape) < 2 or (ndim is not None and len(shape) != ndim):
+        raise ValueError(f"{name} must have shape {want}, got shape {shape}"
+                         + (f" (a vector: {name}[None, :] is one row)" if len(shape) == 1 else ""))
+    if 0 in shape:
+        raise ValueError(f"{name} must have no empty axis, got shape {shape}")
+    if square_ and shape[-1] != shape[-2]:
+        raise ValueError(f"{name} must be square in its last two axes, got shape {shape}")
+    if isinstance(M, (list, tuple)) or _backend.name_of(M) == "numpy":
+        Mh = np.asarray(M)
+        if not np.issubdtype(Mh.dtype, np.number) or np.issubdtype(Mh.dtype, np.timedelta64):
+            raise TypeError(f"{name} must hold numbers, got dtype {Mh.dtype}")
+        if not bool(np.all(np.isfinite(Mh))):
+            raise NonFinite(f"{name} contains NaN or infinity: its eigenvalues, singular values and discs are "
+                            "undefined")
+
+
+def rnn_state(name, y, xs, R):
+    """A plain RNN's state ``(B, n)``: B from ``xs (T, B, n_in)``, n and the dtype from ``R``."""
+    plain(name, y)
+    array(None, name, y, (xs.shape[1], R.shape[0]), R.dtype, required=True)
+    finite(np, name, y, STATE_HINT)
+
+
+def draws_fit(name, value, dtype, *draws):
+    """Random draws of scale ``value`` (float64 host arrays) stay finite once cast to ``dtype``."""
+    big = float(np.finfo(dtype).max)
+    for d in draws:
+        if d.size and not (bool(np.all(np.isfinite(d))) and float(np.max(np.abs(d))) <= big):
+            raise ValueError(f"{name}={value!r} draws numbers that overflow {dtype} (they would be infinite): use a "
+                             "smaller one")
+
+
+def disc_values(z, c, r, tol):
+    """Points, centres and radii of :func:`rhn_np.theory.in_union`: finite; radii and tol >= 0."""
+    for name, a in (("points", z), ("centres", c), ("radii", r), ("tol", np.asarray(tol))):
+        if not np.issubdtype(a.dtype, np.number):
+            raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+        if not bool(np.all(np.isfinite(a))):
+            raise ValueError(f"{name} contains NaN or infinity: whether a point lies in a disc is then undefined")
+        if name in ("radii", "tol") and bool(np.any(np.real(a) < 0)):
+            why = "a disc's radius" if name == "radii" else "the slack added to every radius"
+            raise ValueError(f"{name} must be >= 0 ({why}), got negative values")
+
+
+def rnn_weights(R, W, b):
+    """A plain RNN's ``R (n, n)``, ``W (n_in, n)``, ``b (n,)``: arrays of one float dtype."""
+    for name, a, nd in (("R", R, 2), ("W", W, 2), ("b", b, 1)):
+        if not is_array(a):
+            raise TypeError(f"{name} must be an array, got {type(a).__name__} (theory.rnn_init builds R, W, b)")
+        plain(name, a)
+        if a.ndim != nd:
+            raise ValueError(f"{name} must be {nd}-D, got shape {tuple(a.shape)}")
+    n = R.shape[0]
+    if tuple(R.shape) != (n, n) or W.shape[1] != n or tuple(b.shape) != (n,):
+        raise ValueError(f"R must be (n, n), W (n_in, n) and b (n,), got R {tuple(R.shape)}, W {tuple(W.shape)}, "
+                         f"b {tuple(b.shape)}")
+    if not (R.dtype == W.dtype == b.dtype):
+        raise TypeError(f"R, W and b must have one dtype, got {R.dtype}, {W.dtype}, {b.dtype}")
 
 
 def discs(c, r):
@@ -543,6 +815,7 @@ def time_index(t, T):
 # ----------------------------------------------------------------------------
 def float64_host(name, a):
     """Every numerical check runs on float64 host arrays (:mod:`rhn_np.gradcheck` says why)."""
+    plain(name, a)
     if isinstance(a, np.generic):
         raise TypeError(f"{name} must be a float64 NumPy array, got a NumPy scalar ({a.dtype}): use "
                         f"np.array({name}, dtype=np.float64)")
@@ -608,6 +881,8 @@ def piano_rolls(sequences, what: str) -> list[np.ndarray]:
         sequences = list(sequences)  # (N, T, K): N sequences of one length
     if not isinstance(sequences, (list, tuple)) or not sequences:
         raise ValueError(f"{what} must be a non-empty list of (T_i, K) piano rolls")
+    for j, s in enumerate(sequences):
+        plain(f"{what}[{j}]", s)
     rolls = [np.asarray(s) for s in sequences]
     for j, r in enumerate(rolls):
         if r.ndim != 2 or len(r) < 2:

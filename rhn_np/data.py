@@ -138,7 +138,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from .checkpoint import atomic_open
-from .checks import positive_int
+from .checks import choice, flag, plain, positive_int
 
 __all__ = [
     "Dataset",
@@ -301,6 +301,11 @@ class DataFormatError(ValueError):
 # ----------------------------------------------------------------------------
 # The data set
 # ----------------------------------------------------------------------------
+#: A data set's kinds, and the levels each may report at.
+KINDS = ("tokens", "piano_roll")
+LEVELS = {"tokens": ("word", "char"), "piano_roll": ("frame",)}
+
+
 @dataclasses.dataclass(eq=False, repr=False)
 class Dataset:
     """One data set: three splits and a vocabulary.
@@ -334,6 +339,12 @@ class Dataset:
     _index: dict = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise TypeError(f"Dataset name must be a str, got {type(self.name).__name__}")
+        choice("Dataset kind", self.kind, KINDS)
+        choice("Dataset level", self.level, LEVELS[self.kind])
+        if not isinstance(self.vocab, (list, tuple)):
+            raise TypeError(f"Dataset vocab must be a list of str (id -> symbol), got {type(self.vocab).__name__}")
         self._index = {s: i for i, s in enumerate(self.vocab)}
 
     def __repr__(self):
@@ -408,6 +419,7 @@ class Dataset:
         concatenation. enwik8: the bytes, decoded as UTF-8 with ``errors="replace"``.
         """
         self._need_tokens("decode")
+        plain("ids", ids)
         ids = np.asarray(_backend.to_host(ids) if hasattr(ids, "shape") else ids)
         if ids.ndim > 1:  # a (T, B) window flattened row by row would interleave its B streams
             raise ValueError(f"decode takes one sequence of ids (1-D), got shape {ids.shape}; "
@@ -502,6 +514,7 @@ def load(name: str, root=None, download: bool = True, *, sha256=None) -> Dataset
         A file does not have the expected format.
     """
     key = canonical_name(name)
+    download = flag("download", download)
     if sha256 is not None and (key in ("pydoc", "ptb-char") or root is not None):
         why = {"pydoc": "pydoc is built on this machine, not downloaded",
                "ptb-char": "ptb-char is built from, and checked against, the registry's ptb word files; for "

@@ -73,7 +73,7 @@ __all__ = [
 def param_shapes(n_in: int, n: int, depth: int, shortcut: bool = False) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter: ``W (n_in, n)``, ``R (L, n, n)``, ``b (L, n)``, (``U (n, n)``)."""
     shapes = {"W": (n_in, n), "R": (depth, n, n), "b": (depth, n)}
-    if shortcut:
+    if checks.flag("shortcut", shortcut):
         shapes["U"] = (n, n)
     return shapes
 
@@ -90,10 +90,10 @@ def init_params(n_in, n, depth, *, shortcut=False, init_scale=0.04, seed=0, dtyp
     """
     n_in, n, depth = (checks.positive_int(k, v) for k, v in (("n_in", n_in), ("n", n), ("depth", depth)))
     shortcut = checks.flag("shortcut", shortcut)
-    init_scale = checks.number("init_scale", init_scale)
     dtype = _backend.float_dtype_name(dtype)
+    init_scale = checks.init_scale(init_scale, dtype)
     be = _backend.get(backend)
-    rng = _backend.host_rng(seed)
+    rng = checks.seed("seed", seed)
     return {name: be.to_device(rng.uniform(-init_scale, init_scale, size=shape), dtype=dtype)
             for name, shape in param_shapes(n_in, n, depth, shortcut).items()}
 
@@ -118,11 +118,14 @@ def _checked(params):
 # ----------------------------------------------------------------------------
 def micro_forward(a):
     """``z = tanh(a)`` (DT-2); a (B, n) -> z (B, n)."""
+    checks.plain("a", a)
     return _backend.namespace(a).tanh(a)
 
 
 def micro_backward(dz, z):
     """``∂L/∂a = ∂L/∂z ⊙ (1 - z²)`` from the stored output ``z``."""
+    checks.plain("dz", dz)
+    checks.plain("z", z)
     return dz * (1.0 - z * z)
 
 
@@ -173,14 +176,15 @@ def _step_backward(ds, z_prev, zs, R_t, U_t, m_s):
 # ----------------------------------------------------------------------------
 def step_forward(params, x, s_prev, masks=None):
     """One time step: ``forward`` on a window of one step. x (B, n_in), s_prev (B, n) -> (s (B, n), cache)."""
-    checks.step_inputs("dtrnn", x, s_prev)
+    xp, n_in, n, _, dtype, _ = _checked(params)
+    checks.step_inputs("dtrnn", x, s_prev, (xp, n_in, n, dtype))
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 
 
 def step_backward(params, cache, ds):
     """Backward of :func:`step_forward`: ``(grads, dx (B, n_in), ds_prev (B, n))``."""
-    checks.step_grad(ds, *checks.step_cache(cache, "dtrnn"))
+    checks.step_grad(ds, *checks.step_cache(cache, "dtrnn"), cache["dims"][-1])
     grads, dxs, ds_prev = backward(params, cache, ds[None, ...])
     return grads, dxs[0, ...], ds_prev
 
@@ -287,5 +291,6 @@ def _backward_steps(xp, R, U, Z, S_prev, dys, m_s, ds_last):
 def rnn_params(R, W, b):
     """A depth-1 DT-RNN's params from the plain RNN's ``R (n, n)``, ``W (n_in, n)``, ``b (n,)``
     (views, not copies): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``."""
+    checks.rnn_weights(R, W, b)
     return {"W": W, "R": R[None, ...], "b": b[None, ...]}
 

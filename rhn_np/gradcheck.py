@@ -40,6 +40,7 @@ def rel_error(x, y, tiny=1e-300):
     ``tiny`` is the smallest denominator: it guards the division (0.0 when both are
     exactly zero) and, set larger, measures arrays smaller than it absolutely.
     """
+    checks.plain_all("x y", x, y)
     x = np.asarray(_backend.to_host(x) if hasattr(x, "__array_namespace__") else x, dtype=np.float64)
     y = np.asarray(_backend.to_host(y) if hasattr(y, "__array_namespace__") else y, dtype=np.float64)
     if x.shape != y.shape:  # broadcasting would compare, e.g., one row against every row
@@ -70,6 +71,7 @@ def numerical_gradient(f, x, df=None, h=1e-5):
         ``grad[i] = sum((f(x + h e_i) - f(x - h e_i)) * df) / (2h)``.
     """
     _check_perturbable(x)
+    h = checks.number("h", h, strict=True)
     grad = np.zeros_like(x, dtype=np.float64)
     for i in np.ndindex(x.shape):
         old = x[i]
@@ -97,9 +99,11 @@ def directional_check(f, x, grad, h=1e-5, seed=0):
     rel_error : float, ``|⟨grad, v⟩ - numeric| / (|⟨grad, v⟩| + |numeric|)``.
     """
     _check_perturbable(x)
+    h = checks.number("h", h, strict=True)
+    checks.plain("grad", grad)
     if tuple(np.shape(grad)) != x.shape:
         raise ValueError(f"grad has shape {tuple(np.shape(grad))}, x {x.shape}: one gradient entry per entry of x")
-    v = np.random.default_rng(seed).standard_normal(x.shape)
+    v = checks.seed("seed", seed).standard_normal(x.shape)
     v /= np.linalg.norm(v)
     old = x.copy()
     x[...] = old + h * v
@@ -119,6 +123,7 @@ def rhn_loss(params, xs, s0, dys, masks=None, ds_last=None, impl="reference"):
     gradients arriving from above and from the next window, so this L has exactly
     them as ``∂L/∂y_t`` and ``∂L/∂s_T``.
     """
+    checks.plain_all("dys ds_last", dys, ds_last)  # in np.matrix, * would be a matrix product
     ys, _ = rhn.forward(params, xs, s0, masks, impl=impl)
     loss = float(np.sum(ys * dys))
     if ds_last is not None:
@@ -154,9 +159,14 @@ def check_rhn(params, xs, s0, dys, masks=None, ds_last=None, *, impl="reference"
     if isinstance(params, dict) and set(params) & set(HEAD_KEYS):
         raise ValueError("check_rhn checks the RHN layer alone: pass its parameters (rhn.init_params), not a whole "
                          "language model's; for those, compare lm_loss_and_grads with numerical_gradient")
+    directional = checks.flag("directional", directional)
+    if floor != "auto":
+        floor = checks.number("floor", floor)
+    checks.seed("seed", seed)
     arrays = {**params, "xs": xs, "s0": s0}
     for name, a in arrays.items():
         checks.float64_host(name if name in ("xs", "s0") else f"params[{name!r}]", a)
+    checks.finite_params(params)
     ys, cache = rhn.forward(params, xs, s0, masks, impl=impl)
     grads, dxs, ds0 = rhn.backward(params, cache, dys, ds_last)
     analytic = {**grads, "xs": dxs, "s0": ds0}

@@ -188,10 +188,11 @@ def init_lm_params(
     """
     vocab, n_emb, n = (checks.positive_int(k, v) for k, v in (("vocab", vocab), ("n_emb", n_emb), ("n", n)))
     layers = checks.positive_int("layers", layers)
+    tied, coupled = checks.flag("tied", tied), checks.flag("coupled", coupled)
     checks.tied_width(tied, n_emb, n)
     c = cells.get(cell)
     be = _backend.get(backend)
-    rng = _backend.host_rng(seed)
+    rng = checks.seed("seed", seed)
     opts = dict(coupled=coupled, transform_bias=transform_bias, init_scale=init_scale, seed=rng, dtype=dtype, backend=be)
     params = c.init_params(n_emb, n, depth, **opts)
     params["E"] = _uniform(rng, be, (vocab, n_emb), init_scale, dtype)
@@ -235,9 +236,10 @@ def init_dense_params(
     n_out = n_in if n_out is None else checks.positive_int("n_out", n_out)
     n = checks.positive_int("n", n)
     layers = checks.positive_int("layers", layers)
+    coupled = checks.flag("coupled", coupled)
     c = cells.get(cell)
     be = _backend.get(backend)
-    rng = _backend.host_rng(seed)
+    rng = checks.seed("seed", seed)
     opts = dict(coupled=coupled, transform_bias=transform_bias, init_scale=init_scale, seed=rng, dtype=dtype, backend=be)
     params = c.init_params(n_in, n, depth, **opts)
     params["b_out"] = _uniform(rng, be, (n_out,), init_scale, dtype)
@@ -250,6 +252,8 @@ def init_dense_params(
 def param_shapes(cell, n_in, n, depth, n_out, *, layers=1, coupled=True, vocab=None, tied=False):
     """Shape of every parameter of a model, without building it (``vocab``: a word model
     with an embedding ``E (vocab, n_in)``; ``n_out`` is then ``vocab``)."""
+    layers, tied = checks.positive_int("layers", layers), checks.flag("tied", tied)
+    vocab = None if vocab is None else checks.positive_int("vocab", vocab)
     c = cells.get(cell)
     shapes = dict(c.param_shapes(n_in, n, depth, coupled=coupled))
     if vocab is not None:
@@ -412,14 +416,24 @@ def draw_masks(rng, ids, *, vocab, n_emb, n, keep_x=1.0, keep_i=1.0, keep_h=1.0,
     keep_x, keep_i, keep_h, keep_o = (checks.keep(k, v) for k, v in
                                       (("keep_x", keep_x), ("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
     vocab = checks.positive_int("vocab", vocab)
+    dtype = _mask_dtype(dtype, keep_x, keep_i, keep_h, keep_o)
+    checks.plain("ids", ids)
     ids_host = np.asarray(_backend.to_host(ids))
     checks.host_ids(ids_host, vocab)
-    rng = _backend.host_rng(rng)
+    rng = checks.seed("rng", rng)
     be = _backend.get(backend)
     B = ids_host.shape[1]
     masks = {"x": None if keep_x == 1.0 else _word_type_mask(rng, ids_host, keep_x)}
     masks.update(_dense_masks(rng, B, checks.positive_int("n_emb", n_emb), n, keep_i, keep_h, keep_o, layers))
     return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
+
+
+def _mask_dtype(dtype, *keeps):
+    """The masks' dtype, "float32" or "float64", checked to hold every mask value 1/keep."""
+    dtype = _backend.float_dtype_name(dtype)
+    for name, keep in zip(("keep_x", "keep_i", "keep_h", "keep_o")[-len(keeps):], keeps):
+        checks.representable(f"1/{name}", 1.0 / keep, dtype)
+    return dtype
 
 
 def _dense_masks(rng, B, n_in, n, keep_i, keep_h, keep_o, layers):
@@ -446,7 +460,8 @@ def draw_dense_masks(rng, batch, *, n_in, n, keep_i=1.0, keep_h=1.0, keep_o=1.0,
     """
     keep_i, keep_h, keep_o = (checks.keep(k, v) for k, v in (("keep_i", keep_i), ("keep_h", keep_h), ("keep_o", keep_o)))
     batch = checks.positive_int("batch", batch)
-    rng = _backend.host_rng(rng)
+    dtype = _mask_dtype(dtype, keep_i, keep_h, keep_o)
+    rng = checks.seed("rng", rng)
     be = _backend.get(backend)
     masks = _dense_masks(rng, batch, n_in, n, keep_i, keep_h, keep_o, layers)
     return {k: None if m is None else be.to_device(m, dtype=dtype) for k, m in masks.items()}
@@ -474,6 +489,8 @@ def embedding_forward(E, ids, word_mask=None):
     -------
     X : (T, B, n_emb)
     """
+    checks.plain_all("E word_mask", E, word_mask)
+    checks.mask_values("word_mask", word_mask)
     xp = _backend.namespace(E, ids, word_mask)
     checks.ids(xp, "ids", ids, E.shape[0])
     T, B = ids.shape
@@ -499,6 +516,7 @@ def embedding_backward(dX, ids, vocab_shape, word_mask=None):
     -------
     dE : (V, n_emb)
     """
+    checks.plain_all("dX word_mask", dX, word_mask)
     xp = _backend.namespace(dX, ids, word_mask)
     checks.vocab_shape(vocab_shape, dX, ids)
     T, B, _ = dX.shape
@@ -516,6 +534,7 @@ def embedding_backward(dX, ids, vocab_shape, word_mask=None):
 def log_softmax(logits):
     """``log softmax(z)_v = z_v - m - log Σ_u exp(z_u - m)`` with ``m = max_u z_u``
     (stable for any finite logits). logits (..., V) -> (..., V)."""
+    checks.plain("logits", logits)
     xp = _backend.namespace(logits)
     z = logits - xp.max(logits, axis=-1, keepdims=True)
     return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
@@ -627,6 +646,7 @@ def output_forward(ys, W_out, b_out, m_o=None):
     ys (T, B, n), W_out (n, V) (tied: ``Eᵀ``), b_out (V,), m_o (B, n) or None.
     Returns logits (T, B, V) and the masked outputs ``y_o`` (T, B, n) for the backward.
     """
+    checks.plain_all("ys W_out b_out m_o", ys, W_out, b_out, m_o)
     xp = _backend.namespace(ys, W_out, b_out, m_o)
     T, B, n = ys.shape
     y_o = ys if m_o is None else ys * m_o  # (T, B, n); m_o is shared by all T steps
@@ -639,6 +659,7 @@ def output_backward(dlogits, y_o, W_out, m_o=None):
 
     Returns ``dys`` (T, B, n), ``dW_out`` (n, V) = Σ y_oᵀ dlogits, ``db_out`` (V,).
     """
+    checks.plain_all("dlogits y_o W_out m_o", dlogits, y_o, W_out, m_o)
     xp = _backend.namespace(dlogits, y_o, W_out, m_o)
     T, B, V = dlogits.shape
     n = y_o.shape[2]
@@ -719,6 +740,13 @@ def lm_backward(params, cache, dlogits, ds_last=None):
         embedding and the softmax uses of ``E``
     ds0 : gradient with respect to ``s0`` (its form)
     """
+    checks.plain("dlogits", dlogits)
+    checks.finite(None, "dlogits", dlogits)  # the layers' backward would call it dys
+    return _lm_backward(params, cache, dlogits, ds_last)
+
+
+def _lm_backward(params, cache, dlogits, ds_last):
+    """:func:`lm_backward` of checked (or computed, in :func:`lm_loss_and_grads`) ``dlogits``."""
     E = params["E"]
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], _softmax_weights(params), cache["m_o"])
     grads, dX, ds0 = layers_backward(params, cache["layers"], dys, ds_last)  # BPTT through the layers
@@ -761,7 +789,7 @@ def lm_loss_and_grads(params, ids, targets, s0, masks=None, *, weights=None, ds_
     """
     logits, s_last, cache = lm_forward(params, ids, s0, masks, impl=impl, layer=layer)
     loss, dlogits = softmax_cross_entropy(logits, targets, weights)
-    grads, ds0 = lm_backward(params, cache, dlogits, ds_last)
+    grads, ds0 = _lm_backward(params, cache, dlogits, ds_last)
     T, B = ids.shape
     xp = _backend.namespace(loss)
     n_tokens = T * B if weights is None else xp.sum(xp.astype(weights, loss.dtype))
@@ -787,6 +815,7 @@ def lm_nll(params, ids, targets, s0, *, impl="auto"):
 
 def state_shape(params, batch):
     """Shape of a model's carried state for ``batch`` rows: (B, n), or (K, B, n) for K layers."""
+    batch = checks.positive_int("batch", batch)
     stack = _stack(params)
     n = stack[0][2][1]
     return (batch, n) if len(stack) == 1 else (len(stack), batch, n)
@@ -826,6 +855,12 @@ def dense_forward(params, xs, s0, masks=None, *, impl="auto"):
 
 def dense_backward(params, cache, dlogits, ds_last=None):
     """Backward of :func:`dense_forward`: ``(grads, dxs (T, B, n_in), ds0)``."""
+    checks.plain("dlogits", dlogits)
+    checks.finite(None, "dlogits", dlogits)  # the layers' backward would call it dys
+    return _dense_backward(params, cache, dlogits, ds_last)
+
+
+def _dense_backward(params, cache, dlogits, ds_last):
     dys, dW_out, db_out = output_backward(dlogits, cache["y_o"], params["W_out"], cache["m_o"])
     grads, dxs, ds0 = layers_backward(params, cache["layers"], dys, ds_last)
     grads["W_out"] = dW_out
@@ -849,7 +884,7 @@ def dense_loss_and_grads(params, xs, targets, s0, masks=None, *, step_mask=None,
     """
     logits, s_last, cache = dense_forward(params, xs, s0, masks, impl=impl)
     loss, dlogits = sigmoid_bernoulli_nll(logits, targets, step_mask)
-    grads, dxs, ds0 = dense_backward(params, cache, dlogits, ds_last)
+    grads, dxs, ds0 = _dense_backward(params, cache, dlogits, ds_last)
     T, B = xs.shape[0], xs.shape[1]
     xp = _backend.namespace(loss)
     n_steps = T * B if step_mask is None else xp.sum(xp.astype(step_mask, loss.dtype))

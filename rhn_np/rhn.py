@@ -82,6 +82,7 @@ def gate_names(coupled: bool) -> tuple[str, ...]:
 
 def param_shapes(n_in: int, n: int, depth: int, coupled: bool = True) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter, keyed by the paper's names."""
+    coupled = checks.flag("coupled", coupled)
     shapes = {}
     for g in gate_names(coupled):
         shapes[f"W_{g}"] = (n_in, n)
@@ -130,11 +131,11 @@ def init_params(
     """
     n_in, n, depth = (checks.positive_int(k, v) for k, v in (("n_in", n_in), ("n", n), ("depth", depth)))
     coupled = checks.flag("coupled", coupled)
-    init_scale = checks.number("init_scale", init_scale)
-    transform_bias = checks.finite_real("transform_bias", transform_bias)
     dtype = _backend.float_dtype_name(dtype)
+    init_scale = checks.init_scale(init_scale, dtype)
+    transform_bias = checks.representable("transform_bias", checks.finite_real("transform_bias", transform_bias), dtype)
     be = _backend.get(backend)
-    rng = _backend.host_rng(seed)
+    rng = checks.seed("seed", seed)
     params = {}
     for name, shape in param_shapes(n_in, n, depth, coupled).items():
         if name == "b_T":
@@ -207,6 +208,9 @@ def micro_forward(a, s_in, coupled=True):
     -------
     s (B, n), h (B, n), t (B, n), c (B, n) or None when coupled
     """
+    checks.plain("a", a)
+    checks.plain("s_in", s_in)
+    coupled = checks.flag("coupled", coupled)
     xp = _backend.namespace(a, s_in)
     n = s_in.shape[-1]
     h = xp.tanh(a[:, :n])  # Eq. 7
@@ -237,6 +241,7 @@ def micro_backward(ds, s_in, h, t, c=None):
     ds_carry : (B, n) the part of ∂L/∂s_in that flows through the carry term
         (the part through ``a`` is ``(da @ Rᵀ) ⊙ m_s``, added by the caller)
     """
+    checks.plain_all("ds s_in h t c", ds, s_in, h, t, c)
     xp = _backend.namespace(ds, s_in, h, t, c)
     da_H = ds * t * (1.0 - h * h)  # BPTT of Eqs. 6-7
     if c is None:
@@ -310,7 +315,8 @@ def step_forward(params, x, s_prev, masks=None):
     :func:`step_backward` runs ``_step_backward`` (:func:`micro_backward`, then the
     gradient through the transforms, micro-layer L down to 1).
     """
-    checks.step_inputs("rhn", x, s_prev)
+    xp, n_in, n, _, dtype, _ = _checked(params)
+    checks.step_inputs("rhn", x, s_prev, (xp, n_in, n, dtype))
     ys, cache = forward(params, x[None, ...], s_prev, masks, impl="reference")
     return ys[0, ...], cache
 
@@ -321,7 +327,7 @@ def step_backward(params, cache, ds):
     ds : (B, n) gradient of the loss with respect to the step's output state.
     Returns ``grads`` (dict like ``params``), ``dx`` (B, n_in) and ``ds_prev`` (B, n).
     """
-    checks.step_grad(ds, *checks.step_cache(cache, "rhn"))
+    checks.step_grad(ds, *checks.step_cache(cache, "rhn"), cache["dims"][-1])
     grads, dxs, ds_prev = backward(params, cache, ds[None, ...])
     return grads, dxs[0, ...], ds_prev
 

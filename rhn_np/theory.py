@@ -138,6 +138,7 @@ def _layer_values(cache, layer, t):
 def _step_cache(params, x, s_prev, masks, what):
     """The layer's own forward over one step: its cache holds every gate value."""
     checks.rhn_only(cells.name_of(params), what)
+    checks.finite_params(params)
     _, cache = rhn.step_forward(params, x, s_prev, masks)
     return cache
 
@@ -193,6 +194,7 @@ def jacobian_from_cache(params, cache, t=0, *, layout="numerator"):
     checks.layout(layout)
     checks.rhn_only(cells.name_of(params), "jacobian_from_cache")
     n_in, n, depth, dtype = rhn.dims(params)
+    checks.finite_params(params)
     T, _ = checks.cache_matches(cache, (n_in, n, depth, not rhn.is_coupled(params), dtype), "rhn")
     checks.time_index(t, T)
     xp = _backend.namespace(*params.values())
@@ -230,7 +232,8 @@ def step_jacobian(params, x, s_prev, masks=None, *, layout="numerator"):
     checks.layout(layout)
     cell = cells.of(params)
     n_in, n, _, dtype = cell.dims(params)
-    checks.step_inputs(cell.NAME, x, s_prev)
+    checks.finite_params(params)
+    checks.step_inputs(cell.NAME, x, s_prev, (_backend.namespace(*params.values()), n_in, n, dtype))
     xp = _backend.namespace(*params.values(), x, s_prev)
     B = x.shape[0]
     rep = lambda a: None if a is None else xp.reshape(  # noqa: E731  (B, k) -> (B·n, k), each row n times
@@ -334,6 +337,7 @@ def sequence_jacobians(params, xs, s0, masks=None, *, layout="numerator"):
     Returns (T, B, n, n); entry ``[t-1]`` is the Jacobian of step t.
     """
     checks.layout(layout)
+    checks.finite_params(params)
     ys, _ = cells.of(params).forward(params, xs, s0, masks, impl="reference")
     xp = _backend.namespace(xs)
     prev = [s0] + [ys[t, ...] for t in range(xs.shape[0] - 1)]
@@ -365,9 +369,10 @@ def rnn_init(n_in, n, *, init_std=0.1, init="normal", seed=0, dtype="float64", b
     checks.nonnegative("init_std", init_std)
     dtype = _backend.float_dtype_name(dtype)
     be = _backend.get(backend)
-    rng = _backend.host_rng(seed)
+    rng = checks.seed("seed", seed)
     W = rng.normal(0.0, init_std, size=(n_in, n))
     R = rng.normal(0.0, init_std, size=(n, n))
+    checks.draws_fit("init_std", init_std, dtype, W, R)
     if init == "identity":
         np.fill_diagonal(R, 1.0)
     b = np.zeros(n)
@@ -378,13 +383,18 @@ def rnn_step_forward(R, W, b, x, y_prev):
     """The plain RNN step (row vectors): ``y_t = tanh(x_t @ W + y_{t-1} @ R + b)``; (B, n_in), (B, n) -> (B, n).
 
     It is the DT-RNN of depth 1 without shortcut: :func:`rhn_np.dtrnn.step_forward`."""
-    return dtrnn.step_forward(dtrnn.rnn_params(R, W, b), x, y_prev)[0]
+    params = dtrnn.rnn_params(R, W, b)
+    checks.step_inputs("theory.rnn_forward", x, y_prev, (_backend.namespace(R, W, b), W.shape[0], R.shape[0], R.dtype),
+                       names=("x", "y_prev"))
+    return dtrnn.step_forward(params, x, y_prev)[0]
 
 
 def rnn_forward(R, W, b, xs, y0):
     """:func:`rnn_step_forward` over ``xs`` (T, B, n_in) from ``y0`` (B, n); returns ys (T, B, n)."""
     checks.sequence("xs", xs)
-    return dtrnn.forward(dtrnn.rnn_params(R, W, b), xs, y0)[0]
+    params = dtrnn.rnn_params(R, W, b)
+    checks.rnn_state("y0", y0, xs, R)
+    return dtrnn.forward(params, xs, y0)[0]
 
 
 def _rnn_jacobian_from_output(R, y, layout):
@@ -407,8 +417,8 @@ def rnn_step_jacobian(R, W, b, x, y_prev, *, layout="numerator"):
 def rnn_sequence_jacobians(R, W, b, xs, y0, *, layout="numerator"):
     """Step Jacobians of a plain tanh RNN along ``xs`` (T, B, n_in); returns (T, B, n, n)."""
     checks.layout(layout)
-    xp = _backend.namespace(R, xs)
     ys = rnn_forward(R, W, b, xs, y0)
+    xp = _backend.namespace(R, xs)
     return xp.stack([_rnn_jacobian_from_output(R, ys[t, ...], layout) for t in range(xs.shape[0])])
 
 
@@ -418,7 +428,8 @@ def rnn_norm_bound(R, gamma=1.0):
     Returns the float ``γ σ_max(R)`` (σ_max on the host). Gradients vanish
     geometrically when it is below 1.
     """
-    return float(gamma) * float(singular_values(R)[0])
+    checks.matrices("R", R, ndim=2)
+    return checks.number("gamma", gamma) * float(singular_values(R)[0])
 
 
 # ----------------------------------------------------------------------------
@@ -437,6 +448,7 @@ def jacobians_across_time(Js, *, anchor="end"):
     Returns (T, B, n, n) on the backend of ``Js``.
     """
     checks.choice("anchor", anchor, ("end", "start"))
+    checks.matrices("Js", Js, ndim=4)
     xp = _backend.namespace(Js)
     T = Js.shape[0]
     P, out = None, []
@@ -460,12 +472,14 @@ def host_matrix(M) -> np.ndarray:
 def singular_values(M):
     """Singular values of a (stack of) matrix (..., m, n), on the host in float64, descending
     (a complex M is decomposed in complex128)."""
+    checks.matrices("M", M, square_=False)
     return np.linalg.svd(host_matrix(M), compute_uv=False)
 
 
 def lag_norms(P):
     """Spectral norms ``‖P[k-1]‖₂`` (largest singular value) of :func:`jacobians_across_time`
     output: (T, B, n, n) -> host (T, B)."""
+    checks.matrices("P", P, square_=False)
     return singular_values(P)[..., 0]
 
 
@@ -481,8 +495,8 @@ def gersgorin_discs(M, axis="rows"):
     on the backend of M.
     """
     checks.choice("axis", axis, ("rows", "columns"))
+    checks.matrices("M", M)
     xp = _backend.namespace(M)
-    checks.square("M", M)
     n = M.shape[-1]
     eye = xp.eye(n, dtype=M.dtype, device=_backend.device_of(M))
     centres = xp.sum(M * eye, axis=-1)
@@ -498,6 +512,7 @@ def spectrum(M):
     ``backend.to_host`` then ``numpy.linalg.eigvals`` in float64 (complex128 for a
     complex M), so it works for CuPy and array-api-strict inputs too.
     """
+    checks.matrices("M", M)
     return np.linalg.eigvals(host_matrix(M)).astype(np.complex128)
 
 
@@ -513,10 +528,12 @@ def in_union(points, centres, radii, *, tol=0.0):
     a point counts as inside when ``|z - centre_i| <= radius_i + tol`` for some i.
     Returns a host bool array (..., p).
     """
+    checks.plain_all("points centres radii", points, centres, radii)
     z = np.asarray(_backend.to_host(points))[..., :, None]
     c = np.asarray(_backend.to_host(centres))[..., None, :]
     r = np.asarray(_backend.to_host(radii))[..., None, :]
     checks.discs(c, r)
+    checks.disc_values(z, c, r, tol)
     tol = np.asarray(tol)[..., None, None] if np.ndim(tol) else tol
     return np.any(np.abs(z - c) <= r + tol, axis=-1)
 
@@ -531,6 +548,7 @@ def eigenvalues_in_union(M, axis="rows", *, rtol=1e-7, atol=1e-12):
     Returns a host bool array of shape ``M.shape[:-2]`` (a 0-d array for one matrix).
     """
     checks.choice("axis", axis, ("rows", "columns", "both"))
+    checks.matrices("M", M)
     axes = ("rows", "columns") if axis == "both" else (axis,)
     Mh = host_matrix(M)
     lam = spectrum(Mh)
