@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,9 @@ __all__ = [
     "xp_name",
     "cupy_module",
     "cupy_blas",
+    "available_memory",
+    "blas_libraries",
+    "limit_blas_threads",
     "describe",
 ]
 
@@ -329,6 +333,49 @@ def scatter_add_rows(target, indices, values):
     vocab = target.shape[0]
     onehot = xp.astype(indices[:, None] == xp.arange(vocab, device=target.device)[None, :], values.dtype)
     return target + onehot.T @ values
+
+
+def available_memory(backend="numpy") -> int | None:
+    """Bytes of memory free for new arrays of ``backend``: the GPU's free memory plus what
+    CuPy's pool holds unused (CuPy), else the host's available memory (``MemAvailable``
+    of ``/proc/meminfo``, else the free physical pages); None where it cannot be read."""
+    be = get(backend)
+    if be.name == "cupy":
+        cp = _import_cupy()
+        free, _ = cp.cuda.runtime.memGetInfo()
+        return int(free) + int(cp.get_default_memory_pool().free_bytes())
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def blas_libraries() -> list[dict]:
+    """The BLAS libraries loaded in this process (NumPy's), as ``threadpoolctl`` reports
+    them: ``internal_api`` (openblas, mkl, ...), ``version``, ``num_threads``, ``filepath``."""
+    import threadpoolctl
+
+    return [lib for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def limit_blas_threads(threads: int | None):
+    """A context manager running its block with ``threads`` BLAS threads (``None``: as they
+    are), then restoring them: ``with backend.limit_blas_threads(1): ...``. The compiled
+    CPU path calls the same BLAS, so it follows too."""
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext()
+    import threadpoolctl
+
+    return threadpoolctl.threadpool_limits(limits=int(threads), user_api="blas")
 
 
 def describe() -> dict:
