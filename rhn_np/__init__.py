@@ -2,6 +2,7 @@
 
 Modules, in the order they import each other (imports go one way)
 ------------------------------------------------------------------
+interrupts Ctrl+C and SIGTERM: the exception and exit status (standard library only)
 backend    array libraries (NumPy, CuPy, array-api-strict) and host/device crossings
 checks     every argument check
 fast       the fused fast path of the RHN layer (loop; gates: every non-reference copy of
@@ -21,7 +22,9 @@ runs       a run on disk: work folder, metrics, checkpoints, load_run
 train      the training loop (the authors' recipe)
 theory     temporal Jacobians of any cell, Gersgorin discs, spectra (Eqs. 2-4, 10-15)
 plots      matplotlib helpers for the theory figures
+sweep      sweeps of many training runs on Dask (the paper's Fig. 4 and depth table)
 cli        the ``rhn-np`` command line
+__main__   its entry point (``python -m rhn_np``), Ctrl+C and SIGTERM handled from the start
 """
 
 __version__ = "0.1.0"

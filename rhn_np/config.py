@@ -85,11 +85,20 @@ class Config:
     ``max_epoch`` epochs at the constant ``lr``, then ÷ ``lr_decay`` per epoch;
     ``"cosine"`` (the short ``demo`` runs): half a cosine from ``lr`` down to ``lr / 20``
     over ``decay_steps`` steps. ``epochs`` / ``max_steps`` / ``time_limit`` (minutes):
-    whichever ends the run first; ``eval_every`` ``None``: once per epoch.
+    whichever ends the run first; ``eval_every`` ``None``: once per epoch; ``patience``:
+    early stopping after that many validations without a new best.
+    ``momentum``: SGD's heavy-ball momentum (0 for the authors' plain SGD).
+    ``eval_test``: a batched "test" record at every validation (the paper presets);
+    ``final_eval``: the batch-1 validation and test figures of ``best.npz`` at the end
+    (:meth:`rhn_np.train.Trainer.final_evaluation`).
+    ``checkpoint_every`` (steps) / ``checkpoint_minutes``: between validations, save
+    ``checkpoint.npz`` (not ``best.npz``) at whichever comes first; ``None``: not by that one.
     ``cuda_graphs`` (CuPy, cells with the fast path): replay each training window's
     layer forward and BPTT from CUDA graphs (:class:`rhn_np.graphs.CapturedLayer`).
     ``impl``: the cells' ``impl`` in training, validation and sampling
     (:func:`rhn_np.fast.resolve`); "fast" and "reference" agree to float round-off.
+    ``threads``: NumPy's BLAS threads during the run (``None``: the rule of
+    :func:`rhn_np.tasks.blas_threads`, or the environment's ``OPENBLAS_NUM_THREADS``).
     """
 
     dataset: str = _field("pydoc", "text", "ptb, ptb-char, text8, enwik8, jsb or pydoc",
@@ -116,6 +125,8 @@ class Config:
     bptt: int = _count(50, "T, steps per truncated-BPTT window")
     optimizer: str = _field("adam", "choice", "optimiser", choices=("sgd", "adam"))
     lr: float = _real(1e-2, "learning rate", minimum=0.0, strict=True)
+    momentum: float = _real(0.0, "SGD momentum mu (u <- mu u + g, w <- w - lr u; the authors: 0, plain SGD)",
+                            minimum=0.0, maximum=1.0, below_max=True, rule="must lie in [0, 1)")
     lr_schedule: str = _field("cosine", "choice", "epoch: the authors' (constant, then /lr-decay per epoch); cosine: "
                               "down to lr/20 over --decay-steps", choices=("epoch", "cosine"))
     lr_decay: float = _real(1.0, "divide the lr by this every epoch after --max-epoch", minimum=1.0,
@@ -134,7 +145,21 @@ class Config:
     drop_o: float = _drop("the last layer's output before the softmax")
     eval_every: int | None = _count(1000, "validate every N steps (default: the preset's; once per epoch for the "
                                     "paper presets)", optional=True, resume=True)
+    patience: int | None = _count(None, "early stopping: stop when the validation NLL has not improved for this many "
+                                  "validations in a row (default: never)", optional=True, resume=True, metavar="N")
+    checkpoint_every: int | None = _count(None, "also save checkpoint.npz every N steps between validations "
+                                          "(default: by time only, --checkpoint-minutes)", optional=True,
+                                          resume=True, metavar="N")
+    checkpoint_minutes: float | None = _real(10.0, "save checkpoint.npz at least every this many minutes of "
+                                             "training between validations (at most this much work is lost to a "
+                                             "crash)", minimum=0.0, strict=True, optional=True, resume=True,
+                                             metavar="MINUTES", rule="is in minutes and must be > 0")
     eval_batch_size: int = _count(32, "rows of the batched validation")
+    eval_test: bool = _field(False, "bool", "also score the test split, batched, at every validation (as the "
+                             "authors' loop does; on for the paper presets)", resume=True)
+    final_eval: bool = _field(True, "bool", "at the end, score the best checkpoint on the validation and test "
+                              "splits with batch size 1, the authors' reported figures (slow for enwik8 and text8: "
+                              "--no-final-eval skips it)", resume=True)
     log_every: int = _count(10, "steps between progress updates (a metrics record every 10 of them)", resume=True)
     seed: int = _count(0, "seed of the initial weights, dropout masks and shuffling", minimum=0)
     backend: str = _field("numpy", "choice", "array backend (auto: cupy if usable)",
@@ -146,6 +171,9 @@ class Config:
     impl: str = _field("auto", "choice", "the layers' code: reference (the readable one), fast (the compiled CPU "
                        "loops with numba, the CUDA kernels on CuPy) or auto (fast where it runs, else reference)",
                        choices=("auto", "reference", "fast"), resume=True)
+    threads: int | None = _count(None, "BLAS threads of the CPU's matrix products (default: one where the model's "
+                                 "matrices are small, and never every core; as OPENBLAS_NUM_THREADS says when set)",
+                                 optional=True, resume=True, metavar="N")
 
     def check(self) -> Config:
         """Validate every field; raises ``ValueError`` naming the bad one.
@@ -163,6 +191,9 @@ class Config:
             if f.name == "data_dir" and isinstance(v, os.PathLike):
                 v = os.fspath(v)  # a str: the config is stored as JSON in checkpoints
             setattr(self, f.name, checks.setting(label(f.name), v, f.metadata["setting"]))
+        checks.representable(label("transform_bias"), self.transform_bias, self.dtype)  # finite once cast
+        checks.representable(label("lr"), self.lr, self.dtype)
+        checks.init_scale(self.init_scale, self.dtype, label("init_scale"))
         if not self.dataset.strip():
             raise ValueError(f"{label('dataset')} must be a data set name such as 'ptb', got {self.dataset!r}")
         if self.tied and self.emb is not None and self.emb != self.hidden and self.params is None:
@@ -196,13 +227,13 @@ _PTB_SOTA = dict(
     dataset="ptb", depth=10, hidden=830, emb=None, tied=True, transform_bias=-2.0, init_scale=0.04,
     batch_size=20, bptt=35, optimizer="sgd", lr=0.2, lr_schedule="epoch", lr_decay=1.02, max_epoch=20, epochs=500,
     max_steps=None, clip=10.0, weight_decay=1e-7, drop_x=0.25, drop_i=0.75, drop_h=0.25, drop_o=0.75,
-    eval_every=None, eval_batch_size=20,
+    eval_every=None, eval_batch_size=20, eval_test=True,
 )
 _CHAR_SOTA = dict(
     depth=10, hidden=1500, emb=None, tied=False, transform_bias=-4.0, init_scale=0.04,
     batch_size=128, bptt=50, optimizer="sgd", lr=0.2, lr_schedule="epoch", lr_decay=1.03, max_epoch=5, epochs=500,
     max_steps=None, clip=10.0, weight_decay=1e-7, drop_x=0.10, drop_i=0.40, drop_h=0.10, drop_o=0.40,
-    eval_every=None, eval_batch_size=128,
+    eval_every=None, eval_batch_size=128, eval_test=True,
 )
 
 #: Named configurations. ``ptb_sota``, ``enwik8_sota`` and ``text8_sota`` are the

@@ -172,28 +172,75 @@ class _Optimizer:
 
 
 class SGD(_Optimizer):
-    """Plain stochastic gradient descent (the authors' optimiser): ``w ← w - lr · g``.
+    """Stochastic gradient descent: plain (the authors' optimiser, ``momentum=0``),
+    ``w ← w - lr · g``, or with heavy-ball momentum in PyTorch's form::
+
+        u ← μ u + g        (u starts at 0; μ = momentum)
+        w ← w - lr · u
 
     ``g = grads[w] + weight_decay · w`` (weight_decay 0 by default; see the module
     docstring for where the authors' L2 term goes). ``step`` updates ``params`` in place.
+    The velocities ``u`` live on the device of the parameters, created at the first step
+    (none with ``momentum=0``).
     """
 
     name = "SGD"
+    _hyper = ("momentum",)
+
+    def __init__(self, lr=0.2, weight_decay=0.0, momentum=0.0):
+        super().__init__(lr, weight_decay)
+        if not 0.0 <= checks.number("momentum", momentum) < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.m: dict = {}  # velocities u, like params (momentum > 0 only)
+        self._pending = None  # host velocities from load_state_dict, moved at the next step
+
+    def _velocities(self, params):
+        if self._pending is not None:
+            checks.same_keys(self._pending, params, "the loaded velocities")
+            self.m = {k: _like(self._pending[k], params[k]) for k in params}
+            self._pending = None
+        elif not self.m:
+            xp = _backend.namespace(*params.values())
+            self.m = {k: xp.zeros_like(p) for k, p in params.items()}
+        return self.m
 
     def step(self, params, grads):
         """One update of every parameter, in place. Returns ``params``."""
         checks.same_keys(grads, params)
-        for k in params:
-            params[k] -= self.lr * self._grad(params, grads, k)
+        if self.momentum == 0.0:
+            for k in params:
+                params[k] -= self.lr * self._grad(params, grads, k)
+        else:
+            u = self._velocities(params)
+            checks.same_keys(u, params, "SGD's velocities")
+            for k in params:
+                u[k] *= self.momentum
+                u[k] += self._grad(params, grads, k)
+                params[k] -= self.lr * u[k]
         self.t += 1
         return params
 
     def state_dict(self) -> dict:
-        """Plain numbers only: ``{"name", "lr", "weight_decay", "t"}``."""
-        return self._base_state()
+        """``{"name", "lr", "weight_decay", "t", "momentum"}`` as numbers, and with
+        momentum the velocities ``"m"`` as a dict of host NumPy copies."""
+        state = self._base_state()
+        if self.momentum:
+            state["m"] = ({k: a.copy() for k, a in self._pending.items()} if self._pending is not None
+                          else {k: _host_copy(a) for k, a in self.m.items()})
+        return state
 
     def load_state_dict(self, state) -> None:
+        """Restore from :meth:`state_dict`. States saved before momentum existed have no
+        ``"momentum"`` (plain SGD)."""
+        if isinstance(state, dict) and "momentum" not in state:
+            state = {**state, "momentum": 0.0}
         self._load_base(state)
+        m = state.get("m") or {}
+        if m and not self.momentum:
+            raise ValueError("state_dict holds SGD velocities 'm' but momentum is 0: damaged state")
+        self.m = {}
+        self._pending = {k: _host_copy(a) for k, a in m.items()} or None
 
 
 class Adam(_Optimizer):
@@ -244,6 +291,9 @@ class Adam(_Optimizer):
             raise type(exc)(f"{exc.args[0]}: an Adam instance follows the one params dict it first stepped; "
                             "make a new Adam for another model") from None
         xp = _backend.namespace(*params.values())
+        dtype = next(iter(params.values())).dtype
+        checks.nonzero_in("eps", self.eps, dtype)  # scalars only: cheap on every step
+        checks.representable("lr", self.lr, dtype)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         step_size = self.lr / (1.0 - b1**self.t)

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import checkpoint as _checkpoint
+from . import checks
 from . import data as _data
 from . import plots as _plots
 from .config import Config
@@ -36,6 +37,7 @@ __all__ = [
     "held_run",
     "held_message",
     "read_metrics",
+    "read_records",
     "append_metrics",
     "plot_learning_curve",
     "check_run_meta",
@@ -68,6 +70,8 @@ def optimizer_arrays(opt) -> tuple[dict, dict]:
 
 def optimizer_state(numbers: dict, arrays: dict) -> dict:
     state = dict(numbers)
+    if state.get("name") == "SGD" and state.get("momentum"):
+        state["m"] = {k[len("opt.m."):]: _backend.to_host(a) for k, a in arrays.items() if k.startswith("opt.m.")}
     if state.get("name") == "Adam":
         state["m"] = {k[len("opt.m."):]: _backend.to_host(a) for k, a in arrays.items() if k.startswith("opt.m.")}
         state["v"] = {k[len("opt.v."):]: _backend.to_host(a) for k, a in arrays.items() if k.startswith("opt.v.")}
@@ -96,17 +100,37 @@ def held_message(work_dir, held, *, cli=False) -> str:
         resume = "add --resume to continue it" if cli else "continue it with Trainer.resume(work_dir) (train(..., resume=True))"
         return f"{where} already holds a run ({', '.join(held)}); {resume}, or {other}"
     use = "rhn-np evaluate/sample --work-dir" if cli else "train.load_run(work_dir)"
+    resume = "--resume" if cli else "Trainer.resume(work_dir)"
     return (f"{where} holds the best parameters of a run (best.npz) but no checkpoint.npz to resume from; use them "
-            f"with {use}, or {other}")
+            f"with {use}, continue the run from them with {resume} (best.npz holds the whole training state of its "
+            f"step), or {other}")
 
 
-def check_run_meta(meta: dict, path) -> None:
+#: What each key of a run's metadata holds, and its JSON type (:func:`check_run_meta`).
+RUN_META = {"config": ("the run's configuration", dict), "step": ("the step count", int),
+            "epoch": ("the epoch", int), "optimizer": ("the optimiser's state", dict),
+            "rng": ("the random generator's state", dict)}
+
+
+def check_run_meta(meta: dict, path, *, resume: bool = False) -> None:
+    """Raise a :class:`rhn_np.checkpoint.CheckpointError` unless ``meta`` is the metadata
+    of a run's checkpoint with the keys that using it needs: ``config``, ``step`` and
+    ``epoch`` to evaluate or sample; with ``resume``, also ``optimizer`` and ``rng``."""
     if meta.get("trainer_format") != TRAINER_FORMAT:
         raise _checkpoint.CheckpointError(f"{path} is an rhn_np checkpoint but not one of a training run "
                                           "(no run metadata); it cannot be resumed or evaluated as a run")
     if meta.get("trainer_version") != TRAINER_VERSION:
         raise _checkpoint.CheckpointError(f"{path} was written by run format version {meta.get('trainer_version')}; "
                                           f"this rhn_np reads version {TRAINER_VERSION}")
+    needed = list(RUN_META) if resume else ["config", "step", "epoch"]
+    for key in needed:
+        what, kind = RUN_META[key]
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            got = "has none" if value is None else f"has {type(value).__name__} {value!r:.40}"
+            raise _checkpoint.CheckpointError(
+                f"{path}: its run metadata lacks a valid {key!r} ({what}; it {got}), so it cannot be "
+                f"{'resumed' if resume else 'used as a run'}: the file is damaged or was not written by rhn_np")
 
 
 def check_run_data(meta: dict, ds) -> None:
@@ -130,7 +154,14 @@ def check_run_data(meta: dict, ds) -> None:
 
 def read_metrics(work_dir) -> list[dict]:
     """The records of ``work_dir/metrics.jsonl`` (empty list when there is none)."""
-    path = os.path.join(os.fspath(work_dir), "metrics.jsonl")
+    return read_records(os.path.join(os.fspath(work_dir), "metrics.jsonl"))
+
+
+def read_records(path, *, warn: bool = True) -> list[dict]:
+    """The JSON records of a JSON-lines file, one per line (empty list when there is
+    none). A last line cut short by a crash is ignored (with a warning when ``warn``);
+    a damaged line anywhere else raises ``ValueError`` naming it."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as fh:
@@ -143,7 +174,9 @@ def read_metrics(work_dir) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             if i == len(lines):  # no newline after it: a write cut short (a crash); the rest is intact
-                warnings.warn(f"{path}: ignoring its last line, a record cut short ({line[:40]!r}...)", stacklevel=2)
+                if warn:
+                    warnings.warn(f"{path}: ignoring its last line, a record cut short ({line[:40]!r}...)",
+                                  stacklevel=3)
                 continue
             raise ValueError(f"{path}, line {i}: not a JSON record ({exc.msg}); fix or delete that line") from None
     return records
@@ -252,5 +285,9 @@ def load_run(work_dir, which: str = "best", backend="numpy"):
             f"{other_which}; Python: which={other_which!r})") from exc
     check_run_meta(meta, path)
     params = {k[len("param."):]: a for k, a in arrays.items() if k.startswith("param.")}
+    try:
+        checks.finite_params(params, where=f" in {path}")  # named here, not as the NaN state it would cause
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     cfg = Config.from_dict(meta["config"])
     return params, cfg, meta

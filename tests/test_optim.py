@@ -75,6 +75,21 @@ def test_l2_penalty_and_its_gradient(name):
         optim.add_l2_gradient({"W": g["W"]}, p, wd)
 
 
+def assert_steps_like_torch(opt, p0, grads_seq, torch_name, **torch_hyper):
+    """``opt`` over ``grads_seq`` from ``p0`` ends where ``torch.optim.<torch_name>`` does."""
+    torch = pytest.importorskip("torch")
+    tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p0.items()}
+    topt = getattr(torch.optim, torch_name)(list(tp.values()), **torch_hyper)
+    p = copy_tree(p0)
+    for g in grads_seq:
+        for k in tp:
+            tp[k].grad = torch.tensor(g[k], dtype=torch.float64)
+        topt.step()
+        opt.step(p, g)
+    for k in p:
+        assert np.allclose(p[k], tp[k].detach().numpy(), rtol=1e-12, atol=1e-14), k
+
+
 # ----------------------------------------------------------------------------
 # SGD
 # ----------------------------------------------------------------------------
@@ -112,6 +127,59 @@ def test_sgd_state_dict_round_trip():
     assert (new.lr, new.weight_decay, new.t) == (0.1, 1e-7, 1)
     with pytest.raises(ValueError, match="SGD"):
         optim.Adam().load_state_dict(sd)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_sgd_momentum_matches_the_formula(name):
+    """u <- mu u + (g + wd w), w <- w - lr u, u from 0 (PyTorch's heavy ball)."""
+    be = backend.get(name)
+    p0, grads_seq = tree(40), [tree(41 + i) for i in range(5)]
+    lr, mu, wd = 0.1, 0.9, 0.01
+    ref, u = copy_tree(p0), {k: np.zeros_like(v) for k, v in p0.items()}
+    for g in grads_seq:
+        for k in ref:
+            u[k] = mu * u[k] + g[k] + wd * ref[k]
+            ref[k] = ref[k] - lr * u[k]
+    pd = on(be, copy_tree(p0))
+    opt = optim.SGD(lr, weight_decay=wd, momentum=mu)
+    for g in grads_seq:
+        opt.step(pd, on(be, g))
+    for k in ref:
+        assert np.allclose(host(pd[k]), ref[k], rtol=1e-12, atol=1e-14), k
+    plain = copy_tree(p0)
+    optim.SGD(lr, weight_decay=wd).step(plain, grads_seq[0])
+    assert not np.allclose(plain["W"], ref["W"])
+
+
+def test_sgd_momentum_matches_torch():
+    assert_steps_like_torch(optim.SGD(0.05, weight_decay=1e-3, momentum=0.8), tree(50),
+                            [tree(51 + i) for i in range(6)], "SGD", lr=0.05, momentum=0.8, weight_decay=1e-3)
+
+
+def test_sgd_momentum_state_round_trip_resumes_identically():
+    p0, grads_seq = tree(60), [tree(61 + i) for i in range(6)]
+    straight, opt = copy_tree(p0), optim.SGD(0.1, momentum=0.7)
+    for g in grads_seq:
+        opt.step(straight, g)
+    split, first = copy_tree(p0), optim.SGD(0.1, momentum=0.7)
+    for g in grads_seq[:3]:
+        first.step(split, g)
+    sd = pickle.loads(pickle.dumps(first.state_dict()))
+    assert sd["momentum"] == 0.7 and set(sd["m"]) == set(p0)
+    second = optim.SGD(1.0)
+    second.load_state_dict(sd)
+    for g in grads_seq[3:]:
+        second.step(split, g)
+    for k in p0:
+        np.testing.assert_array_equal(split[k], straight[k], err_msg=k)
+    older = {k: v for k, v in optim.SGD(0.2).state_dict().items() if k != "momentum"}  # saved before momentum
+    plain = optim.SGD(1.0)
+    plain.load_state_dict(older)
+    assert plain.momentum == 0.0 and plain.lr == 0.2
+    with pytest.raises(ValueError, match="momentum must lie in"):
+        optim.SGD(0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="velocities 'm' but momentum is 0"):
+        optim.SGD(0.1).load_state_dict({**optim.SGD(0.1).state_dict(), "m": {"W": np.zeros((3, 4))}})
 
 
 # ----------------------------------------------------------------------------
@@ -152,21 +220,9 @@ def test_adam_matches_a_hand_written_reference(name):
 
 
 def test_adam_matches_torch():
-    torch = pytest.importorskip("torch")
-    p0 = tree(20)
-    grads_seq = [tree(30 + i) for i in range(6)]
-    tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p0.items()}
-    topt = torch.optim.Adam(list(tp.values()), lr=HYPER["lr"], betas=(HYPER["beta1"], HYPER["beta2"]),
-                            eps=HYPER["eps"], weight_decay=HYPER["weight_decay"])
-    p = copy_tree(p0)
-    opt = optim.Adam(**HYPER)
-    for g in grads_seq:
-        for k in tp:
-            tp[k].grad = torch.tensor(g[k], dtype=torch.float64)
-        topt.step()
-        opt.step(p, g)
-    for k in p:
-        assert np.allclose(p[k], tp[k].detach().numpy(), rtol=1e-12, atol=1e-14), k
+    assert_steps_like_torch(optim.Adam(**HYPER), tree(20), [tree(30 + i) for i in range(6)], "Adam", lr=HYPER["lr"],
+                            betas=(HYPER["beta1"], HYPER["beta2"]), eps=HYPER["eps"],
+                            weight_decay=HYPER["weight_decay"])
 
 
 @pytest.mark.parametrize("name", BACKENDS)

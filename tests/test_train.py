@@ -376,6 +376,44 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, optimizer, schedule):
     assert a.rng.bit_generator.state == b.rng.bit_generator.state
 
 
+def test_resume_with_sgd_momentum_equals_uninterrupted(tiny, tmp_path):
+    ds = dataclasses.replace(tiny, train=tiny.train[:400])
+    cfg = tiny_cfg(optimizer="sgd", momentum=0.9, lr=0.05, eval_every=10)
+    a, b = _train_split(cfg, ds, tmp_path, 20, 40)
+    assert b.opt.momentum == 0.9
+    for k in a.params:
+        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]), err_msg=k)
+    plain = run(dataclasses.replace(cfg, momentum=0.0, max_steps=40), ds, tmp_path / "plain")
+    plain.run()
+    assert not np.allclose(np.asarray(plain.params["W_out"]), np.asarray(a.params["W_out"]))
+
+
+def test_early_stopping_and_its_resume(tiny, tmp_path):
+    """patience N: stop after N validations in a row without a new best; a resumed run
+    counts on from where it was, and a run that had stopped early does not train on."""
+    ds = dataclasses.replace(tiny, train=tiny.train[:400])
+    cfg = tiny_cfg(optimizer="sgd", lr=3.0, clip=100.0, eval_every=2, max_steps=200, patience=2, drop_x=0.0,
+                   drop_i=0.0, drop_h=0.0, drop_o=0.0, lr_schedule="epoch", max_epoch=1000)
+    a = run(cfg, ds, tmp_path / "a")
+    summary = a.run()
+    valid = [r["nll"] for r in valid_records(tmp_path / "a")]
+    assert summary["stopped_early"] and a.step < 200
+    best = int(np.argmin(valid))
+    assert len(valid) - 1 - best == 2 and all(v >= valid[best] for v in valid[best + 1:])
+    assert summary["best_step"] == valid_records(tmp_path / "a")[best]["step"]
+    # the same run cut after its second-last validation, resumed: it stops at the same step
+    cut = run(dataclasses.replace(cfg, max_steps=a.step - 2), ds, tmp_path / "b")
+    cut.run()
+    assert cut.stale == 1
+    resumed = T.Trainer.resume(tmp_path / "b", overrides={"max_steps": 200}, ds=ds, progress=False,
+                               out=lambda *x: None)
+    assert resumed.stale == 1
+    again = resumed.run()
+    assert again["stopped_early"] and resumed.step == a.step
+    finished = T.Trainer.resume(tmp_path / "a", ds=ds, progress=False, out=lambda *x: None)
+    assert finished.run()["steps_this_run"] == 0
+
+
 def test_resume_equals_uninterrupted_piano_rolls(tmp_path):
     ds = TinyRolls(_rolls(11, 0), _rolls(4, 1), _rolls(4, 2))
     cfg = tiny_cfg(dataset="tinyjsb", emb=None, batch_size=3, optimizer="adam", lr=0.01, eval_every=5, drop_x=0.0)
@@ -714,4 +752,5 @@ def test_a_model_is_scored_only_on_its_own_data(tiny, tmp_path):
 def test_messages_go_to_out_when_it_is_given(tiny, tmp_path):
     said = []
     T.Trainer(tiny_cfg(max_steps=20, eval_every=10), tmp_path, ds=tiny, progress=True, out=said.append).run()
-    assert sum("valid" in m for m in said) == 2, said  # with the bar on they used to go to stdout
+    assert sum(m.startswith("step ") and "valid" in m for m in said) == 2, said  # with the bar on they used to go to stdout
+    assert sum(m.startswith("final, best checkpoint") for m in said) == 1, said
