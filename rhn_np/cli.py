@@ -583,6 +583,12 @@ def main(argv=None) -> int:
     except MemoryError as exc:  # an estimate refused (tasks.InsufficientMemory) or an allocation that failed
         print(f"rhn-np {args.command}: error: {_memory_error(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the output's reader has gone (`rhn-np sweep status DIR | head`): not an error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return 141  # the shell's status for SIGPIPE
     except OSError as exc:  # permissions, a full disk, ...: the operating system's refusal, in one line
         print(f"rhn-np {args.command}: error: {_os_error(exc, args)}", file=sys.stderr)
         return 1

@@ -729,6 +729,7 @@ def run_sweep(spec: Spec, sweep_dir, *, workers: int = 2, scheduler: str | None 
 
 def _run_on_dask(pending, sweep_dir, workers, scheduler, kwargs, say):
     try:
+        import dask
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise SweepError("running trials on Dask needs the sweep extra: pip install 'rhn-np[sweep]' "
@@ -738,9 +739,19 @@ def _run_on_dask(pending, sweep_dir, workers, scheduler, kwargs, say):
             client = stack.enter_context(Client(scheduler, timeout="30s"))
             n = len(client.scheduler_info().get("workers", {}))
             say(f"connected to the Dask scheduler at {scheduler} ({n} workers)")
+            trimmed = sorted({v for v in client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values() if v})
+            if trimmed:
+                say(f"note: the workers run with MALLOC_TRIM_THRESHOLD_={','.join(trimmed)} (Dask's nanny default), "
+                    f"which makes trials about 1.8x slower; {_TRIM_HINT}")
         else:
             # processes=True: each worker its own interpreter; the nanny starts them with
             # OMP/OpenBLAS/MKL at one thread (Dask's default), and run_trial pins BLAS too.
+            # Not with Dask's MALLOC_TRIM_THRESHOLD_: setting it turns off glibc's dynamic
+            # mmap threshold, every window-sized array is then mapped afresh, and a trial
+            # took 1.8x as long (0.83 s against 0.45 s, benchmarks/bench_sweep.py).
+            environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                       if k != "MALLOC_TRIM_THRESHOLD_"}
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
             cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                        dashboard_address=":0", silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
@@ -757,6 +768,10 @@ def _run_on_dask(pending, sweep_dir, workers, scheduler, kwargs, say):
                 rec = {"trial": t["trial"], "arm": t["arm"], "index": t["index"], **t["settings"], "status": "failed",
                        "error": f"{type(exc).__name__}: {exc}", "valid_nll": None, "test_nll": None, "seconds": None}
             yield rec
+
+
+_TRIM_HINT = ("give their nannies a Dask config without it (distributed.nanny.pre-spawn-environ."
+              "MALLOC_TRIM_THRESHOLD_: null; docs/experiments.md)")
 
 
 class _Progress:

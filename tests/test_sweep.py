@@ -405,3 +405,21 @@ def test_cli_sweep_commands(tmp_path, jsb_dir, capsys, monkeypatch):
     assert "no sweep in" in capsys.readouterr().err
     assert cli.main(["sweep", "run", "fig5", "--work-dir", str(out)]) == 1
     assert "unknown sweep 'fig5'" in capsys.readouterr().err
+
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(capsys, monkeypatch, tmp_path):
+    """`rhn-np sweep status DIR | head -1`: the reader leaves early; no message, the shell's SIGPIPE status."""
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return os.open(os.devnull, os.O_WRONLY)
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert cli.main(["sweep", "list"]) == 141
+    assert capsys.readouterr().err == ""
