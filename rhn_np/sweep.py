@@ -531,6 +531,8 @@ def run_trial(trial: dict, sweep_dir, *, data_dir=None, backend=None, keep: str 
             record["status"] = "failed"
             record["error"] = f"{type(exc).__name__}: {exc}"
             record["traceback"] = traceback.format_exc(limit=8)
+        if record["error"]:  # paths inside the sweep folder as relative ones: the record reads the same anywhere
+            record["error"] = record["error"].replace(os.path.abspath(os.fspath(sweep_dir)) + os.sep, "")
         if trainer is not None:
             record["steps"] = trainer.step if record["steps"] is None else record["steps"]
             _fill_from_metrics(record, trainer)
