@@ -94,6 +94,8 @@ class SweepError(ValueError):
 class Spec:
     """What a sweep is; see the module docstring. Every field is plain data (TOML-able).
 
+    Attributes
+    ----------
     name : str
     preset : str
         The :data:`rhn_np.config.PRESETS` entry every trial starts from.
