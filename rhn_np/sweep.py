@@ -472,14 +472,6 @@ def _trial_lock(folder):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _blas_one_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def run_trial(trial: dict, sweep_dir, *, data_dir=None, backend=None, keep: str = "best",
               one_thread: bool = False) -> dict:
     """Run one trial (or finish it: a trial cut short resumes from its checkpoint); its record.
@@ -495,14 +487,14 @@ def run_trial(trial: dict, sweep_dir, *, data_dir=None, backend=None, keep: str 
     has one is not run again (its record is returned).
 
     ``keep``: which checkpoints stay once the trial ends: ``"best"`` (``best.npz``, for
-    analysis; the default), ``"all"``, or ``"none"``. ``one_thread``: BLAS at one
-    thread while it runs (the sweep's Dask workers).
+    analysis; the default), ``"all"``, or ``"none"``. ``one_thread``: the run's BLAS at one
+    thread (``threads=1``; the sweep's Dask workers).
     """
     if keep not in ("best", "all", "none"):
         raise SweepError(f"keep must be 'best', 'all' or 'none', got {keep!r}")
     folder = os.path.join(os.fspath(sweep_dir), "trials", trial["trial"])
     done = os.path.join(folder, "record.json")
-    with _trial_lock(folder), (_blas_one_thread() if one_thread else contextlib.nullcontext()):
+    with _trial_lock(folder):
         if os.path.exists(done):
             with open(done, encoding="utf-8") as fh:
                 return json.load(fh)
@@ -516,6 +508,8 @@ def run_trial(trial: dict, sweep_dir, *, data_dir=None, backend=None, keep: str 
         log = []
         try:
             cfg = trial_config(trial, data_dir=data_dir, backend=backend)
+            if one_thread:  # the trainer sets its BLAS threads for the run (rhn_np.backend.limit_blas_threads)
+                cfg.threads = 1
             ds = _dataset(cfg.dataset, cfg.data_dir)
             if os.path.exists(os.path.join(folder, "checkpoint.npz")):  # cut short (a kill): continue it
                 trainer = Trainer.resume(folder, overrides={k: getattr(cfg, k) for k in RESUMABLE}, progress=False,
