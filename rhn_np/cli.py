@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import __version__, backend, config, data, tasks
 from . import train as T
 from .checkpoint import CheckpointError
-from .interrupts import exit_status, interrupt_on_signals, signal_name
+from .interrupts import exit_status, interrupt_on_signals, signal_name, take_pending
 from .train import PRESETS, RunError, TrainingDiverged, held_run
 
 
@@ -569,8 +569,14 @@ def main(argv=None) -> int:
         with contextlib.ExitStack() as scope:
             args.scope = scope  # what a command sets for its run (the BLAS threads) is undone when it returns
             scope.enter_context(interrupt_on_signals())  # SIGTERM stops a command as Ctrl+C does
-            return args.func(args)
+            status = args.func(args)
+        swallowed = take_pending()  # a stop that landed where it could not be raised on (a __del__)
+        if swallowed is not None:
+            print(f"rhn-np {args.command}: stopped by {signal_name(swallowed)}", file=sys.stderr)
+            return 128 + swallowed
+        return status
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: quietly, with the shell's status for that signal
+        take_pending()  # this one is handled here
         if not getattr(exc, "reported", False):
             when = " before training started" if args.command == "train" and not getattr(
                 args, "training_started", False) else ""

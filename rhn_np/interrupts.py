@@ -17,7 +17,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["Interrupted", "signal_name", "exit_status", "interrupt_on_signals"]
+__all__ = ["Interrupted", "signal_name", "exit_status", "interrupt_on_signals", "take_pending"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -49,8 +49,25 @@ def exit_status(exc: BaseException) -> int:
     return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
+_PENDING: list[int] = []  # signals raised as Interrupted and not yet handled (see take_pending)
+
+
 def _raise_interrupted(signum, frame):
+    _PENDING.append(int(signum))
     raise Interrupted(signum)
+
+
+def take_pending() -> int | None:
+    """The signal of an :class:`Interrupted` that no handler has taken yet, and forget it.
+
+    A signal can land in code that cannot pass an exception on (a ``__del__``, a garbage
+    collector callback: Python prints "Exception ignored" and carries on); the stop is
+    then remembered here, and the trainer (at its loop's start) and the command line (when
+    the command returns) act on it. Whoever catches the exception takes it too.
+    """
+    signum = _PENDING[-1] if _PENDING else None
+    _PENDING.clear()
+    return signum
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from . import checkpoint as _checkpoint
 from . import data as _data
 from . import checks, graphs, lm, optim
 from .config import PRESETS, RESUMABLE, Config, config_from_preset, label
-from .interrupts import Interrupted, signal_name
+from .interrupts import Interrupted, signal_name, take_pending
 from .optim import lr_at_step
 from .runs import (TRAINER_FORMAT, TRAINER_VERSION, RunError, append_metrics, check_run_data, check_run_meta,
                    dataset_for_sampling, held_message, held_run, load_run, optimizer_arrays, optimizer_state,
@@ -117,6 +117,9 @@ class _DeferredInterrupt:
                 sig = getattr(signal, name)
                 if signal.getsignal(sig) is not signal.SIG_IGN:  # one the process was started to ignore stays so
                     self._old[sig] = signal.signal(sig, self._handler)
+            pending = take_pending()  # a stop that came before and was swallowed where it landed
+            if pending is not None:
+                self.requested, self.signum = True, pending
         return self
 
     def __exit__(self, *exc):
